@@ -1,0 +1,103 @@
+"""The stage graph: declarations in pipeline order, and a plan of store keys for one config.
+
+Declarations live here, apart from the stage modules, so that building the task list (every `doit`
+call) never imports torch.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from pipeline.config import Config, UserError
+from pipeline.stage import Stage, run_stage, stage_key
+from pipeline.store import Store, StoreError
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="data",
+        doc="Find and checksum MNIST, downscale it to NxN (PIL's antialiased bilinear), store as uint8 arrays",
+        module="pipeline.data",
+        keys=("data.image_size",),
+        runtime_keys=("data.mnist_dir", "data.allow_download"),
+    ),
+)
+
+
+def check_graph(stages: Sequence[Stage]) -> None:
+    """Names unique, inputs declared earlier (so pipeline order is a topological order)."""
+    seen: set[str] = set()
+    for s in stages:
+        if s.name in seen:
+            raise ValueError(f"stage {s.name} declared twice")
+        missing = [i for i in s.inputs if i not in seen]
+        if missing:
+            raise ValueError(f"stage {s.name}: inputs {missing} are not declared before it")
+        seen.add(s.name)
+
+
+@dataclass
+class Plan:
+    """Store keys of every stage for one config."""
+    cfg: Config
+    store: Store
+    stages: tuple[Stage, ...]
+    keys: dict[str, str]
+
+    @classmethod
+    def make(cls, cfg: Config, store: Store, stages: Sequence[Stage] = STAGES) -> "Plan":
+        check_graph(stages)
+        keys: dict[str, str] = {}
+        for s in stages:
+            keys[s.name] = stage_key(s, cfg, {i: keys[i] for i in s.inputs})
+        return cls(cfg, store, tuple(stages), keys)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def downstream(self, names: set[str]) -> set[str]:
+        """The named stages and every stage that consumes them, directly or not."""
+        out = set(names)
+        for s in self.stages:
+            if out.intersection(s.inputs):
+                out.add(s.name)
+        return out
+
+    def up_to_date(self, name: str) -> bool:
+        key = self.keys[name]
+        if not self.store.has(name, key):
+            return False
+        try:
+            self.store.verify(name, key)
+        except StoreError:
+            return False  # the action re-verifies and reports the damage as a clean failure
+        self.store.link(self.cfg.name, name, key)
+        return True
+
+    def run(self, name: str) -> Any:
+        """doit action: build one stage; a user-facing error becomes a clean failure, not a traceback."""
+        from doit.exceptions import TaskFailed
+
+        s = self.stage(name)
+        key = self.keys[name]
+        try:
+            if self.store.has(name, key):
+                self.store.verify(name, key, f"doit cfg={self.cfg.path} forget={name} {name}")
+            run_stage(s, self.cfg, key, {i: self.keys[i] for i in s.inputs}, self.store)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return TaskFailed(str(e))
+        link = self.store.link(self.cfg.name, name, key)
+        print(f"[{name}] stored {self.store.path(name, key)} (linked as {link})", flush=True)
+        return None
+
+    def task(self, name: str) -> dict:
+        s = self.stage(name)
+        return {
+            "basename": name,
+            "doc": s.doc,
+            "actions": [(self.run, [name])],
+            "uptodate": [lambda: self.up_to_date(name)],
+            "task_dep": list(s.inputs),
+            "verbosity": 2,
+        }

@@ -1,0 +1,149 @@
+"""Stages: what each one reads, how its store key is derived, and how it is run.
+
+A stage's key hashes its name, its code (its module plus every project module that module imports,
+found by reading the imports, so a helper edited in one place changes the key of every stage using
+it), the canonical values of the config keys it declares and the keys of its inputs. Keys are known
+before anything runs, so "is it up to date?" is one directory lookup.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.config import Config, ConfigError
+from pipeline.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipeline", "refimpl", "engine", "mcu")
+# Infrastructure: how entries are stored and configs parsed, not what a stage computes.
+INFRA = frozenset({"pipeline.stage", "pipeline.store", "pipeline.config", "pipeline.graph"})
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    doc: str  # first line is what `doit list` shows
+    module: str  # implements run(ctx) -> summary dict; imported only when the stage runs
+    keys: tuple[str, ...] = ()  # config keys that change the output
+    runtime_keys: tuple[str, ...] = ()  # config keys it may read that never change the output
+    inputs: tuple[str, ...] = ()  # upstream stage names
+    extra_sources: tuple[str, ...] = ()  # non-Python files (C sources, linker scripts), relative to ROOT
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _project_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        found.update(n for n in names if n.split(".")[0] in PACKAGES and _module_file(n))
+    return found
+
+
+@lru_cache(maxsize=None)
+def source_files(module: str) -> tuple[Path, ...]:
+    """The module's file and, transitively, every project module it imports (infrastructure excluded)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        m = todo.pop()
+        if m in seen or m in INFRA:
+            continue
+        seen.add(m)
+        f = _module_file(m)
+        if f is None:
+            raise ConfigError(f"stage module {m}: no such file under {ROOT}")
+        todo.extend(_project_imports(f))
+    return tuple(sorted({_module_file(m) for m in seen}))
+
+
+def code_hash(stage: Stage) -> str:
+    h = hashlib.sha256()
+    files = list(source_files(stage.module)) + [ROOT / s for s in stage.extra_sources]
+    for f in sorted(files):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, cfg: Config, input_keys: Mapping[str, str]) -> str:
+    payload = {
+        "stage": stage.name,
+        "code": code_hash(stage),
+        "keys": {k: cfg[k] for k in stage.keys},
+        "inputs": dict(sorted(input_keys.items())),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class StageConfig(Mapping[str, Any]):
+    """The config as one stage may see it: reading an undeclared key is a programming error."""
+
+    def __init__(self, stage: Stage, cfg: Config):
+        self._stage = stage
+        self._allowed = set(stage.keys) | set(stage.runtime_keys)
+        self._cfg = cfg
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._allowed:
+            raise KeyError(f"stage {self._stage.name} reads {key!r} but does not declare it")
+        return self._cfg[key]
+
+    def __iter__(self):
+        return iter(sorted(self._allowed))
+
+    def __len__(self) -> int:
+        return len(self._allowed)
+
+
+@dataclass
+class Context:
+    stage: Stage
+    cfg: StageConfig
+    out: Path  # write outputs here (a temporary folder, published atomically)
+    work: Path  # scratch that survives a crash, for resumable stages
+    inputs: dict[str, Path]  # upstream stage -> verified entry folder
+    config_name: str
+
+    def input(self, name: str) -> Path:
+        return self.inputs[name]
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.stage.name}] {msg}", flush=True)
+
+
+def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str], store: Store) -> Path:
+    """Verify the inputs, then build the entry (unless present) and return its folder."""
+    inputs = {name: store.verify(name, k, f"doit cfg={cfg.path} forget={name} {name}")
+              for name, k in input_keys.items()}
+
+    def build(out: Path, work: Path) -> dict:
+        t0 = time.perf_counter()
+        mod = importlib.import_module(stage.module)
+        ctx = Context(stage, StageConfig(stage, cfg), out, work, inputs, cfg.name)
+        summary = dict(mod.run(ctx))
+        summary.setdefault("stage", stage.name)
+        summary["key"] = key
+        summary["config"] = {k: cfg[k] for k in stage.keys}
+        summary["inputs"] = dict(input_keys)
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        return summary
+
+    return store.build(stage.name, key, build)

@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import config
+from pipeline.config import SCHEMA, ConfigError
+
+from .conftest import ROOT
+
+
+def _load(tmp_path, text):
+    p = tmp_path / "preset.yaml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def _error(tmp_path, text) -> str:
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, text)
+    return str(e.value)
+
+
+def test_presets_load_and_name_runs():
+    for p in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = config.load(p)
+        assert cfg.name == p.stem
+        assert set(cfg.values) == set(SCHEMA)
+
+
+def test_defaults_fill_missing_keys(tmp_path):
+    cfg = _load(tmp_path, "data:\n  image_size: 8\n")
+    assert cfg["data.image_size"] == 8
+    assert cfg["data.allow_download"] is SCHEMA["data.allow_download"].default
+
+
+def test_unknown_key_names_closest(tmp_path):
+    msg = _error(tmp_path, "data:\n  image_sise: 16\n")
+    assert "preset.yaml: data.image_sise: unknown key (did you mean data.image_size?)" in msg
+
+
+def test_leaf_in_wrong_section_names_right_one(tmp_path):
+    msg = _error(tmp_path, "misc:\n  allow_download: true\n")
+    assert "misc.allow_download: unknown key (did you mean data.allow_download?)" in msg
+
+
+def test_wrong_type(tmp_path):
+    msg = _error(tmp_path, "data:\n  image_size: sixteen\n")
+    assert "data.image_size: must be an integer; got 'sixteen' (allowed: " in msg
+
+
+def test_out_of_range(tmp_path):
+    msg = _error(tmp_path, "data:\n  image_size: 99\n")
+    assert "data.image_size: 99 is out of range (allowed: an integer from 8 to 28)" in msg
+
+
+def test_bool_is_not_an_int(tmp_path):
+    assert "must be an integer" in _error(tmp_path, "data:\n  image_size: true\n")
+    assert "must be true or false" in _error(tmp_path, "data:\n  allow_download: 1\n")
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    msg = _error(tmp_path, "data:\n  image_size: 99\n  allow_download: 3\n")
+    assert len(msg.splitlines()) == 2
+
+
+def test_bad_yaml_and_bad_top_level(tmp_path):
+    assert "not valid YAML" in _error(tmp_path, "data: [1, 2\n")
+    assert "top level must be a mapping" in _error(tmp_path, "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_doit_reports_config_error_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  image_sise: 16\n")
+    r = subprocess.run([sys.executable, "-m", "doit", f"cfg={bad}", "list"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "data.image_sise: unknown key (did you mean data.image_size?)" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout

@@ -1,0 +1,71 @@
+"""The command line as a user meets it: doit over the real graph, with a private store."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.graph import STAGES
+
+from .conftest import ROOT
+
+
+def doit(store, *args):
+    env = {**os.environ, "BITMCU_ARTIFACTS": str(store)}
+    r = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    return r
+
+
+def test_list_shows_every_stage_with_its_doc(tmp_path):
+    out = doit(tmp_path, "list").stdout
+    for s in STAGES:
+        assert f"{s.name} " in out and s.doc.split("\n")[0][:40] in out
+
+
+def test_data_twice_then_switch_and_back(tmp_path, mnist_dir):
+    cfg_a, cfg_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    cfg_a.write_text("data:\n  image_size: 16\n")
+    cfg_b.write_text("data:\n  image_size: 8\n")
+    store = tmp_path / "artifacts"
+    first = doit(store, f"cfg={cfg_a}", "data")
+    assert first.returncode == 0 and "[data] stored" in first.stdout
+    again = doit(store, f"cfg={cfg_a}", "data")
+    assert again.returncode == 0 and "[data] stored" not in again.stdout and "-- data" in again.stdout
+    assert "[data] stored" in doit(store, f"cfg={cfg_b}", "data").stdout
+    back = doit(store, f"cfg={cfg_a}", "data")
+    assert back.returncode == 0 and "[data] stored" not in back.stdout
+    assert (store / "runs" / "a" / "data" / "summary.json").is_file()
+    assert (store / "runs" / "b" / "data" / "summary.json").is_file()
+
+
+def test_damage_is_reported_and_forget_rebuilds(tmp_path, mnist_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  image_size: 8\n")
+    store = tmp_path / "artifacts"
+    assert doit(store, f"cfg={cfg}", "data").returncode == 0
+    damaged = (store / "runs" / "c" / "data" / "test_labels.npy").resolve()
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x09")
+    r = doit(store, f"cfg={cfg}", "data")
+    assert r.returncode != 0
+    assert f"{damaged}: content does not match its manifest" in r.stderr
+    assert f"forget=data" in r.stderr
+    fixed = doit(store, f"cfg={cfg}", "forget=data", "data")
+    assert fixed.returncode == 0 and "[data] stored" in fixed.stdout
+
+
+def test_gc_keeps_linked_entries(tmp_path, mnist_dir):
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("data:\n  image_size: 8\n")
+    store = tmp_path / "artifacts"
+    doit(store, f"cfg={cfg}", "data")
+    orphan = store / "store" / "data" / ("0" * 24)
+    orphan.mkdir()
+    r = doit(store, f"cfg={cfg}", "gc")
+    assert r.returncode == 0 and "removed 1 entries" in r.stdout and not orphan.exists()
+    assert doit(store, f"cfg={cfg}", "data").stdout.count("[data] stored") == 0
+
+
+def test_unknown_forget_stage(tmp_path):
+    r = doit(tmp_path, "forget=dta", "list")
+    assert r.returncode == 2 and "forget=dta: no such stage (allowed: " in r.stderr

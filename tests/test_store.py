@@ -1,0 +1,214 @@
+"""Store semantics as properties of the declarations: what runs when a key changes, crashes, damage, locks."""
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from pipeline import config
+from pipeline.config import SCHEMA
+from pipeline.graph import STAGES, Plan
+from pipeline.store import Store, StoreError
+
+from .conftest import ROOT
+
+# The real graph's shape (keys, inputs) with bodies that only record that they ran.
+FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=()) for s in STAGES)
+
+
+def alternatives(key):
+    """Valid values different from the default, simplest first."""
+    k = SCHEMA[key]
+    d = k.default
+    if k.choices:
+        return [c for c in k.choices if c != d]
+    if k.kind == "bool":
+        return [not d]
+    if k.kind == "int":
+        return [v for v in (d + 1, d - 1, k.lo, k.hi) if v is not None and v != d
+                and (k.lo is None or v >= k.lo) and (k.hi is None or v <= k.hi)]
+    if k.kind == "float":
+        return [v for v in (d * 0.5, d * 2, d + 1, k.lo, k.hi) if v is not None and v != d
+                and (k.lo is None or v >= k.lo) and (k.hi is None or v <= k.hi)]
+    if k.kind == "path":
+        return ["/nonexistent/elsewhere"]
+    if k.kind == "ints":
+        return [d[:-1] + [d[-1] + 1], d + [d[-1]], d[:-1]]
+    if k.kind == "strs":
+        return []  # handled by the key's own choices in its validating rule
+    return [d + "x"]
+
+
+def changed_config(key):
+    base = config.from_values({})
+    for v in alternatives(key):
+        try:
+            return base, base.replace(**{key: v})
+        except config.ConfigError:
+            continue
+    pytest.fail(f"no valid alternative value found for {key}; extend alternatives()")
+
+
+def execute(plan: Plan) -> list[str]:
+    """What doit does: each stage in order, run unless up to date. Returns the stages that ran."""
+    ran = []
+    for s in plan.stages:
+        if not plan.up_to_date(s.name):
+            assert plan.run(s.name) is None, s.name
+            ran.append(s.name)
+    return ran
+
+
+@pytest.mark.parametrize("key", sorted(SCHEMA))
+def test_changing_a_key_changes_exactly_the_declaring_stages_and_downstream(key):
+    base, changed = changed_config(key)
+    store = Store("/nonexistent")
+    a, b = Plan.make(base, store), Plan.make(changed, store)
+    declaring = {s.name for s in STAGES if key in s.keys}
+    expected = a.downstream(declaring)
+    assert {n for n in a.keys if a.keys[n] != b.keys[n]} == expected
+    if SCHEMA[key].runtime:
+        assert not expected
+
+
+@pytest.mark.parametrize("key", sorted(SCHEMA))
+def test_changing_a_key_reruns_exactly_those_stages(key, tmp_path):
+    base, changed = changed_config(key)
+    store = Store(tmp_path)
+    first = Plan.make(base, store, FAKE)
+    assert execute(first) == [s.name for s in FAKE]
+    second = Plan.make(changed, store, FAKE)
+    expected = second.downstream({s.name for s in FAKE if key in s.keys})
+    assert set(execute(second)) == expected
+    assert execute(Plan.make(base, store, FAKE)) == []  # A -> B -> A: nothing on the return
+
+
+def test_code_change_changes_key():
+    from pipeline.stage import stage_key
+    cfg = config.from_values({})
+    extra = ROOT / "tests" / "_extra_source.txt"
+    stage = replace(FAKE[0], extra_sources=("tests/_extra_source.txt",))
+    try:
+        extra.write_text("v1")
+        k1 = stage_key(stage, cfg, {})
+        extra.write_text("v2")
+        k2 = stage_key(stage, cfg, {})
+    finally:
+        extra.unlink()
+    assert len({k1, k2, stage_key(FAKE[0], cfg, {})}) == 3
+
+
+def test_source_files_follow_imports():
+    from pipeline.stage import source_files
+    files = {p.name for p in source_files("pipeline.data")}
+    assert "data.py" in files and "config.py" not in files
+
+
+def test_stage_raising_halfway_leaves_no_entry_and_reruns(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE)
+    name = FAKE[0].name
+    monkeypatch.setenv("FAKE_FAIL", name)
+    with pytest.raises(RuntimeError, match="failed halfway"):
+        plan.run(name)
+    assert not store.has(name, plan.keys[name])
+    assert not any((tmp_path / "store" / ".tmp").iterdir())
+    monkeypatch.delenv("FAKE_FAIL")
+    assert execute(plan)[0] == name
+
+
+def test_summary_and_manifest_written(tmp_path):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE)
+    execute(plan)
+    for s in FAKE:
+        link = tmp_path / "runs" / "inline" / s.name
+        summary = json.loads((link / "summary.json").read_text())
+        assert summary["key"] == plan.keys[s.name] and summary["stage"] == s.name
+        assert "summary.json" in json.loads((link / "manifest.json").read_text())["files"]
+
+
+def test_corrupted_file_is_detected(tmp_path, capsys):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE)
+    execute(plan)
+    name = FAKE[0].name
+    damaged = store.path(name, plan.keys[name]) / "out.txt"
+    damaged.write_text("tampered")
+    with pytest.raises(StoreError, match=f"{damaged}: content does not match its manifest"):
+        store.verify(name, plan.keys[name])
+    assert plan.up_to_date(name) is False
+    failed = plan.run(name)  # doit's action: a clean failure naming the file and the fix
+    assert failed is not None and "forget=" in str(failed) and str(damaged) in str(failed)
+    assert damaged.read_text() == "tampered"  # nothing silently replaced
+
+
+def test_missing_and_extra_files_are_detected(tmp_path):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE)
+    execute(plan)
+    entry = store.path(FAKE[0].name, plan.keys[FAKE[0].name])
+    (entry / "stray.bin").write_bytes(b"x")
+    with pytest.raises(StoreError, match="not in the manifest: stray.bin"):
+        store.verify(FAKE[0].name, plan.keys[FAKE[0].name])
+    (entry / "stray.bin").unlink()
+    (entry / "out.txt").unlink()
+    with pytest.raises(StoreError, match="missing"):
+        store.verify(FAKE[0].name, plan.keys[FAKE[0].name])
+
+
+def _build_in_process(root, log):
+    os.environ["FAKE_LOG"] = str(log)
+    os.environ["FAKE_SLEEP"] = "0.5"
+    plan = Plan.make(config.from_values({}), Store(root), FAKE[:1])
+    plan.run(FAKE[0].name)
+
+
+def test_two_processes_build_an_entry_once(tmp_path):
+    log = tmp_path / "log.txt"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_build_in_process, args=(tmp_path / "a", log)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len(log.read_text().splitlines()) == 1
+    plan = Plan.make(config.from_values({}), Store(tmp_path / "a"), FAKE[:1])
+    Store(tmp_path / "a").verify(FAKE[0].name, plan.keys[FAKE[0].name])
+
+
+def test_killed_build_leaves_no_entry(tmp_path):
+    log = tmp_path / "log.txt"
+    code = ("import sys; sys.path.insert(0, %r); from tests.test_store import _build_in_process; "
+            "_build_in_process(%r, %r)" % (str(ROOT), str(tmp_path / "a"), str(log)))
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "FAKE_SLEEP": "30"})
+    deadline = time.time() + 30
+    while not (log.exists() and log.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    store = Store(tmp_path / "a")
+    plan = Plan.make(config.from_values({}), store, FAKE[:1])
+    assert not store.has(FAKE[0].name, plan.keys[FAKE[0].name])
+    assert execute(plan) == [FAKE[0].name]  # the lock died with the process; the rebuild goes through
+
+
+def test_gc_removes_only_unlinked_entries(tmp_path):
+    store = Store(tmp_path)
+    base = config.from_values({})
+    other = base.replace(**{"data.image_size": 8})
+    keep = Plan.make(base, store, FAKE)
+    execute(keep)
+    gone = Plan.make(other, store, FAKE)
+    execute(gone)
+    # Same run name: the links now point at `other`'s entries, so `base`'s are garbage.
+    removed = store.gc()
+    assert {p.name for p in removed} == {keep.keys[s.name] for s in FAKE}
+    for s in FAKE:
+        store.verify(s.name, gone.keys[s.name])
