@@ -42,6 +42,10 @@ def task_data():
     return PLAN.task("data")
 
 
+def task_train():
+    return PLAN.task("train")
+
+
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():

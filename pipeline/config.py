@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from pipeline.spec import FORMAT_NAMES, model_problems
+
 
 class UserError(Exception):
     """An error caused by input the user controls; printed as one clean message, never a traceback."""
@@ -45,12 +47,69 @@ _KEYS: list[Key] = [
         "folder holding the four MNIST idx files (raw or .gz); searched first", runtime=True),
     Key("data.allow_download", "bool", False,
         "download MNIST with torchvision when no local copy is found", runtime=True),
+    # model
+    Key("model.kind", "str", "fc", "fc: fully connected; cnn: sequential depthwise CNN then FC layers",
+        choices=("fc", "cnn")),
+    Key("model.widths", "ints", [64, 64, 64], "hidden FC widths (fc: 2 to 4 layers; cnn: 1 to 3 after the convs)",
+        lo=1, hi=4096, max_len=4),
+    Key("model.cnn_channels", "int", 64, "channels C of the CNN's conv stack (cnn only)", lo=1, hi=256),
+    Key("model.input_zero", "int", 16, "Z in the input mapping x0 = (pixel >> 1) - Z (engine/CONTRACT.md)",
+        lo=0, hi=127),
+    # quantization
+    Key("quant.formats", "strs", ["4bitsym"],
+        "weight format: one for every layer, or a list with one per weight layer (cnn: 3 convs first)",
+        choices=FORMAT_NAMES, max_len=8),
+    Key("quant.scaling", "str", "per_tensor", "one clip per layer, or one per output row (power-of-two steps)",
+        choices=("per_tensor", "per_output")),
+    Key("quant.clip", "str", "octav", "clip value: prop (mean|w| / prop_scale) or octav (MSE-optimal)",
+        choices=("prop", "octav")),
+    Key("quant.prop_scale", "float", 0.25, "quantscale for clip: prop", lo=0.001, hi=100.0),
+    Key("quant.norm", "str", "rms", "normalization whose gradient the activation STE uses",
+        choices=("rms", "lin", "batchnorm")),
+    Key("quant.norm_eps", "float", 1e-5, "epsilon of that normalization", lo=1e-12, hi=1.0),
+    # pruning
+    Key("prune.keep", "int", 0, "channels (cnn) or first-layer units (fc) kept after pruning; 0 = off",
+        lo=0, hi=4096),
+    Key("prune.l1", "float", 5e-4, "L1 weight on the pruning mask before the prune epoch", lo=0.0, hi=1.0),
+    Key("prune.epoch", "int", 10, "epoch after which the mask is frozen to the top prune.keep", lo=1, hi=10000),
+    # training
+    Key("train.epochs", "int", 60, "training epochs", lo=1, hi=10000),
+    Key("train.batch_size", "int", 128, "samples per optimizer step", lo=1, hi=65536),
+    Key("train.lr", "float", 1e-3, "Adam learning rate", lo=1e-7, hi=1.0),
+    Key("train.scheduler", "str", "cosine", "learning-rate schedule",
+        choices=("cosine", "step", "cosine_restarts")),
+    Key("train.step_size", "int", 20, "epochs per step (scheduler: step)", lo=1, hi=10000),
+    Key("train.gamma", "float", 0.5, "lr factor per step (scheduler: step)", lo=1e-6, hi=1.0),
+    Key("train.restart_period", "int", 10, "epochs of the first cycle (scheduler: cosine_restarts)", lo=1, hi=10000),
+    Key("train.restart_mult", "int", 1, "cycle length factor (scheduler: cosine_restarts)", lo=1, hi=16),
+    Key("train.seed", "int", 0, "seed of initialization, shuffling and augmentation", lo=0, hi=2**31 - 1),
+    Key("train.train_limit", "int", 0, "use only the first N training images; 0 = all 60,000", lo=0, hi=60000),
+    Key("train.augment", "bool", True, "add augmented copies of the training set each epoch"),
+    Key("train.aug_copies", "int", 1, "augmented copies per epoch (1 = BitNetMCU's 120k samples)", lo=1, hi=16),
+    Key("train.rotation_deg", "float", 20.0, "max |rotation| in degrees", lo=0.0, hi=180.0),
+    Key("train.translate", "float", 0.1, "max shift as a fraction of the image size", lo=0.0, hi=0.5),
+    Key("train.scale_min", "float", 0.9, "smallest zoom factor", lo=0.1, hi=4.0),
+    Key("train.scale_max", "float", 1.1, "largest zoom factor", lo=0.1, hi=4.0),
+    Key("train.elastic_prob", "float", 0.0, "probability of an elastic distortion per image", lo=0.0, hi=1.0),
+    Key("train.elastic_alpha", "float", 40.0, "elastic displacement strength (pixels of the 28x28 image)",
+        lo=0.0, hi=1000.0),
+    Key("train.elastic_sigma", "float", 4.0, "elastic smoothness (Gaussian sigma, pixels)", lo=0.1, hi=100.0),
+    Key("train.device", "str", "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"),
+        runtime=True),
+    Key("train.threads", "int", 0, "CPU threads for torch; 0 = torch's default", lo=0, hi=1024, runtime=True),
 ]
 
 SCHEMA: dict[str, Key] = {k.name: k for k in _KEYS}
 
 # Cross-key rules: each takes the full value dict and returns [(key, problem)].
-RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = []
+def _scale_range(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if v["train.scale_min"] > v["train.scale_max"]:
+        return [("train.scale_min", f"{v['train.scale_min']} is above train.scale_max {v['train.scale_max']} "
+                 "(allowed: scale_min <= scale_max)")]
+    return []
+
+
+RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [model_problems, _scale_range]
 
 
 @dataclass(frozen=True)

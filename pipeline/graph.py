@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from pipeline.config import Config, UserError
+from pipeline.spec import TRAIN_KEYS, TRAIN_RUNTIME_KEYS
 from pipeline.stage import Stage, run_stage, stage_key
 from pipeline.store import Store, StoreError
 
@@ -20,6 +21,14 @@ STAGES: tuple[Stage, ...] = (
         module="pipeline.data",
         keys=("data.image_size",),
         runtime_keys=("data.mnist_dir", "data.allow_download"),
+    ),
+    Stage(
+        name="train",
+        doc="Quantization-aware training on the device's integer arithmetic; resumable, deterministic",
+        module="pipeline.train",
+        keys=TRAIN_KEYS,
+        runtime_keys=TRAIN_RUNTIME_KEYS,
+        inputs=("data",),
     ),
 )
 

@@ -5,7 +5,6 @@ halfway (after writing a partial output); FAKE_SLEEP makes a stage slow (for loc
 """
 import os
 import time
-from pathlib import Path
 
 
 def run(ctx) -> dict:

@@ -79,3 +79,24 @@ def test_doit_reports_config_error_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "data.image_sise: unknown key (did you mean data.image_size?)" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_bad_quantizer_name(tmp_path):
+    msg = _error(tmp_path, "quant:\n  formats: 5bit\n")
+    assert "quant.formats: unknown value '5bit' (allowed: binary, binarybalanced, ternary" in msg
+
+
+def test_layer_that_would_overflow_the_accumulator_is_rejected(tmp_path):
+    msg = _error(tmp_path, "model:\n  widths: [2048, 64]\nquant:\n  formats: 8bit\n  scaling: per_output\n")
+    assert "model.widths: layer fc2 has 2048 inputs" in msg and "int32 accumulator limit" in msg
+    assert "(allowed: n_in <= 1024 for 8bit per_output)" in msg
+
+
+def test_unsupported_combinations(tmp_path):
+    assert "data.image_size: 8 leaves no pixels after the conv stack" in _error(
+        tmp_path, "data:\n  image_size: 8\nmodel:\n  kind: cnn\n  widths: [32]\n")
+    assert "quant.formats: 2 names for 4 weight layers" in _error(
+        tmp_path, "quant:\n  formats: [4bitsym, 2bitsym]\n")
+    assert "model.widths: [64] has 1 entries" in _error(tmp_path, "model:\n  widths: [64]\n")
+    assert "train.scale_min: 1.2 is above train.scale_max 1.1" in _error(tmp_path, "train:\n  scale_min: 1.2\n")
+    assert "prune.keep: 100 is out of range" in _error(tmp_path, "prune:\n  keep: 100\n")

@@ -3,8 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from pipeline.graph import STAGES
 
 from .conftest import ROOT
@@ -49,7 +47,7 @@ def test_damage_is_reported_and_forget_rebuilds(tmp_path, mnist_dir):
     r = doit(store, f"cfg={cfg}", "data")
     assert r.returncode != 0
     assert f"{damaged}: content does not match its manifest" in r.stderr
-    assert f"forget=data" in r.stderr
+    assert "forget=data" in r.stderr
     fixed = doit(store, f"cfg={cfg}", "forget=data", "data")
     assert fixed.returncode == 0 and "[data] stored" in fixed.stdout
 

@@ -1,0 +1,217 @@
+"""Weight quantizers, clipping (prop / OCTAV) and the exact ShiftNorm activation path for QAT.
+
+Every forward value produced here is the integer arithmetic of engine/CONTRACT.md; only the
+backward pass is approximate (straight-through estimators).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.spec import CLIPS, FORMATS, MAX_OUT_SHIFT, NF4_CODES, NORMS
+
+CLIP_MIN = 1e-12             # a clip of 0 (all-zero weights) would divide by zero
+
+
+class _STE(torch.autograd.Function):
+    """Forward returns `codes` bit-exactly; backward passes the gradient to `t` unchanged."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, codes: Tensor) -> Tensor:  # type: ignore[override]
+        return codes.clone()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return g, None
+
+
+def _bcast(v: Tensor, w: Tensor) -> Tensor:
+    """Per-tensor clip (0-d) stays scalar; a per-output clip [out] broadcasts over every input axis."""
+    return v if v.dim() == 0 else v.reshape(-1, *([1] * (w.dim() - 1)))
+
+
+def round_codes(fmt: str, t: Tensor) -> Tensor:
+    """Integer codes (as float) for the scaled weight t = w * scale; no gradient."""
+    if fmt in ("binary", "binarybalanced"):
+        return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)        # sign with 0 -> +1
+    if fmt == "ternary":
+        return torch.round(t).clamp(-1, 1)
+    if fmt in ("2bitsym", "4bitsym"):
+        m = FORMATS[fmt].max_abs_code                             # nearest odd integer
+        return (2 * torch.floor(t / 2) + 1).clamp(-m, m)
+    if fmt == "4bit":
+        return torch.round(t).clamp(-8, 7)                        # torch.round: half to even
+    if fmt == "8bit":
+        return torch.round(t).clamp(-128, 127)
+    if fmt == "fp130":
+        # nearest power of two in the log domain (boundary at 2^(e+1/2)); |t|=0 gives e=0
+        e = torch.round(torch.log2(t.abs())).clamp(0, 7)
+        return torch.where(t >= 0, 1.0, -1.0).to(t.dtype) * torch.exp2(e)
+    if fmt == "nf4":
+        table = torch.tensor(NF4_CODES, dtype=t.dtype, device=t.device)
+        idx = (t.unsqueeze(-1) - table).abs().argmin(-1)         # ties -> lower index
+        return table[idx]
+    if fmt == "none":
+        return t
+    raise ValueError(f"quant.formats: unknown format {fmt!r} (allowed: {', '.join(FORMATS)})")
+
+
+def quantize(w: Tensor, fmt: str, clip: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes, scale) with dequantized weight = codes / scale.
+
+    `clip` is 0-d (per tensor) or [out] (per output). Forward: integer-valued codes; backward:
+    d codes / d w = scale, i.e. the dequantized weight is a straight-through copy of w
+    (no masking of clipped weights, so they can move back into range).
+    """
+    spec = FORMATS[fmt]
+    scale = spec.scale_per_clip / _bcast(clip.to(w.dtype).clamp_min(CLIP_MIN), w)
+    src = w
+    if fmt == "binarybalanced":            # centre per tensor, or per row for per-output scaling
+        dims = tuple(range(w.dim())) if clip.dim() == 0 else tuple(range(1, w.dim()))
+        src = w - w.detach().mean(dim=dims, keepdim=True)
+    t = src * scale
+    return _STE.apply(t, round_codes(fmt, t.detach())), scale
+
+
+def pow2_clip(clip: Tensor, prev: Tensor | None = None, hysteresis: float = 0.25) -> tuple[Tensor, Tensor]:
+    """Round per-output clips to powers of two 2^e[o]; returns (effective clip, shifts k).
+
+    e = round(log2 clip), but a row keeps its previous exponent while |log2 clip - e_prev| <=
+    0.5 + hysteresis, so rows near a rounding boundary do not flip by 2x every epoch (each flip
+    changes that row's codes with no training to adapt). Rows below 2^(max e - 7) are raised to it.
+    Row o's accumulator times 2^k[o], k = e - min(e) in [0, 7], is proportional to its float output
+    (CONTRACT §3); a common factor 2^j on every row changes nothing downstream (ShiftNorm and argmax).
+    """
+    lc = torch.log2(clip.clamp_min(CLIP_MIN))
+    e = torch.round(lc)
+    if prev is not None:
+        ep = torch.round(torch.log2(prev.clamp_min(CLIP_MIN)))
+        e = torch.where((lc - ep).abs() <= 0.5 + hysteresis, ep, e)
+    e = torch.maximum(e, e.max() - MAX_OUT_SHIFT)
+    return torch.exp2(e), pow2_shifts(torch.exp2(e))
+
+
+def pow2_shifts(clip: Tensor) -> Tensor:
+    """Shifts k = e - min(e) of power-of-two per-output clips 2^e (as stored after pow2_clip)."""
+    e = torch.round(torch.log2(clip.clamp_min(CLIP_MIN)))
+    return (e - e.min()).to(torch.int64)
+
+
+def octav_objective(w_abs: Tensor, s: Tensor, bits: float) -> Tensor:
+    """OCTAV's MSE J(s) = (4^-B/3) s^2 N(|w|<=s) + sum_{|w|>s} (|w|-s)^2, reduced over the last dim."""
+    s = s.unsqueeze(-1)
+    over = w_abs > s
+    noise = (4.0 ** -bits / 3) * s.squeeze(-1) ** 2 * (~over).sum(-1)
+    return noise + torch.where(over, (w_abs - s) ** 2, 0.0).sum(-1)
+
+
+def octav_clip(w_abs: Tensor, bits: float, iters: int = 30) -> Tensor:
+    """MSE-optimal clip (Sakr et al. 2022) per slice of the last dim, by fixed-point iteration.
+
+    s <- sum_{|w|>s} |w| / ((4^-B/3) N(|w|<=s) + N(|w|>s)), started at mean|w|. The iterate with
+    the lowest J is returned, which guards against the 2-cycles tiny rows (e.g. 9 conv taps) show.
+    """
+    a = w_abs.detach().to(torch.float64)
+    eps = 4.0 ** -bits / 3
+    s = a.mean(-1)
+    best, best_j = s, octav_objective(a, s, bits)
+    for _ in range(iters):
+        over = a > s.unsqueeze(-1)
+        n_over = over.sum(-1)
+        s = torch.where(over, a, 0.0).sum(-1) / (eps * (a.shape[-1] - n_over) + n_over)
+        j = octav_objective(a, s, bits)
+        better = j < best_j
+        best, best_j = torch.where(better, s, best), torch.where(better, j, best_j)
+    return best.to(w_abs.dtype)
+
+
+def compute_clip(w: Tensor, fmt: str, method: str, per_output: bool, prop_scale: float = 0.25) -> Tensor:
+    """The per-epoch clip update: 0-d tensor (per tensor) or [out] (per output).
+
+    prop: mean|w| / prop_scale (per tensor, or per row with per_output; the row mean rather than
+    the row max, so one outlier does not blow up a row's range). octav: octav_clip with B = level_bits.
+    """
+    a = w.detach().abs().reshape(w.shape[0] if per_output else 1, -1)
+    if method == "prop":
+        c = a.mean(-1) / prop_scale
+    elif method == "octav":
+        c = octav_clip(a, FORMATS[fmt].level_bits)
+    else:
+        raise ValueError(f"quant.clip: unknown method {method!r} (allowed: {', '.join(CLIPS)})")
+    c = c.clamp_min(CLIP_MIN)
+    return c if per_output else c.reshape(())
+
+
+def bitlen_minus7(m: Tensor) -> Tensor:
+    """max(0, bitlen(m) - 7) for non-negative int64 m, by comparisons only (no float rounding)."""
+    pows = torch.arange(7, 63, device=m.device, dtype=torch.int64)
+    return (m.unsqueeze(-1) >> pows > 0).sum(-1)
+
+
+def shiftnorm(acc: Tensor) -> tuple[Tensor, Tensor]:
+    """CONTRACT §4 on a batch: ReLU, per-sample shift s, round half up, clamp 127.
+
+    acc [B, ...] holds integers (int dtype: pure integer ops; float dtype: computed in float64,
+    exact below 2^53). Returns (q with acc's dtype, s int64 [B]). No gradient.
+    """
+    b = acc.shape[0]
+    view = (b,) + (1,) * (acc.dim() - 1)
+    if not acc.is_floating_point():
+        y = acc.to(torch.int64).clamp_min(0)
+        m = y.reshape(b, -1).amax(1) if y[0].numel() else y.new_zeros(b)
+        s = bitlen_minus7(m)
+        sv = s.view(view)
+        return ((y + ((1 << sv) >> 1)) >> sv).clamp_max(127).to(acc.dtype), s
+    y = acc.detach().clamp_min(0)
+    m = y.reshape(b, -1).amax(1) if y[0].numel() else y.new_zeros(b)
+    # float32 is exact while y + p/2 stays below 2^24 (the common case); float64 otherwise
+    if y.dtype != torch.float32 or (m.numel() and float(m.max()) >= 2.0**23):
+        y, m = y.to(torch.float64), m.to(torch.float64)
+    e = torch.frexp(m).exponent.to(torch.int64)   # m = f * 2^e, f in [0.5, 1): e = bitlen(m), 0 for 0
+    s = (e - 7).clamp_min(0)
+    p = torch.exp2(s.to(y.dtype)).view(view)
+    q = torch.floor((y + torch.floor(p / 2)) / p).clamp_max(127)
+    return q.to(acc.dtype), s
+
+
+def _stats(v: Tensor, norm: str, eps: float) -> tuple[Tensor, Tensor]:
+    """(centre, scale) of the normalization: per sample over features, or per feature over the batch."""
+    if norm == "rms":
+        feats = tuple(range(1, v.dim()))
+        return torch.zeros((), dtype=v.dtype), torch.sqrt((v * v).mean(dim=feats, keepdim=True) + eps)
+    if norm == "lin":
+        feats = tuple(range(1, v.dim()))
+        return torch.zeros((), dtype=v.dtype), v.abs().mean(dim=feats, keepdim=True) + eps
+    if norm == "batchnorm":                 # per feature (FC) or per channel (conv) over the batch
+        dims = (0, 2, 3) if v.dim() == 4 else (0,)
+        mu = v.mean(dim=dims, keepdim=True)
+        return mu, torch.sqrt(((v - mu) ** 2).mean(dim=dims, keepdim=True) + eps)
+    raise ValueError(f"quant.norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
+
+
+def normalize(y: Tensor, norm: str, eps: float = 1e-5) -> Tensor:
+    """The float normalization whose derivative stands in for ShiftNorm's in the backward pass."""
+    mu, sigma = _stats(y, norm, eps)
+    return (y - mu) / sigma
+
+
+def requant(y: Tensor, norm: str, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """QAT ShiftNorm: forward value = shiftnorm(y) exactly; backward = d normalize(y) / dy.
+
+    The surrogate is rescaled by the same statistic of q (detached), so its Jacobian has the size of
+    the true slope ~2^-s and gradients keep their scale through deep stacks. `q + (sur - sur.detach())`
+    adds an exact 0.0 in the forward pass (sur is finite thanks to eps, also for all-zero y), so the
+    value stays the contract's integer.
+    """
+    q, s = shiftnorm(y.detach())
+    if not y.requires_grad:
+        return q, s
+    sur = normalize(y, norm, eps) * _stats(q, norm, eps)[1]
+    return q + (sur - sur.detach()), s
+
+
+def code_entropy(codes: Tensor) -> float:
+    """Shannon entropy (bits) of the histogram of a code tensor."""
+    _, counts = torch.unique(codes.detach().flatten(), return_counts=True)
+    p = counts.to(torch.float64) / counts.sum()
+    return float(-(p * torch.log2(p)).sum())

@@ -1,0 +1,223 @@
+"""Torch-free description of a model: weight formats, layer geometry, validation, config mapping.
+
+Config validation runs on every `doit` call, so nothing here may import torch (about 2 s to import).
+Training (pipeline/quant.py, pipeline/models.py) and export build on these definitions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+NF4_LEVELS = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
+              0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.723, 1.0)
+# round-half-away-from-zero(level * 127), CONTRACT §2
+NF4_CODES = tuple(int(math.copysign(math.floor(abs(v) * 127 + 0.5), v)) for v in NF4_LEVELS)
+
+MAX_OUT_SHIFT = 7            # per-output left shifts k[o] lie in [0, 7] (CONTRACT §3)
+ACC_LIMIT = 2**31 - 2**24    # |accumulator| bound that keeps ShiftNorm's rounding inside int32
+F32_EXACT = 2**24            # float32 sums of integers are exact below this
+NORMS = ("rms", "lin", "batchnorm")
+CLIPS = ("prop", "octav")
+SCALINGS = ("per_tensor", "per_output")
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str
+    bits: float                 # storage bits per weight as packed (ternary: 8 bits / 5 trits)
+    codes: tuple[int, ...]      # sorted integer code set (empty for 'none')
+    multiplier_free: bool       # engine needs only add/sub/shift
+    max_abs_code: int
+    scale_per_clip: float       # scale = scale_per_clip / clip, so the top of the range sits near the clip
+
+    @property
+    def level_bits(self) -> float:
+        """log2(number of codes): entropy capacity, and OCTAV's B (step = 2*clip / levels)."""
+        return math.log2(len(self.codes)) if self.codes else 32.0
+
+    @property
+    def exportable(self) -> bool:
+        return bool(self.codes)
+
+
+def _odd(n: int) -> tuple[int, ...]:
+    return tuple(range(-n, n + 1, 2))
+
+
+# scale_per_clip: uniform formats are a 2^B-level quantizer spanning [-clip, clip] (odd codes are
+# bin centres, so code v sits at v*clip/2^B); 4bit/8bit/fp130/nf4 put their extreme code at the clip.
+FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
+    FormatSpec("binary", 1, (-1, 1), True, 1, 2.0),
+    FormatSpec("binarybalanced", 1, (-1, 1), True, 1, 2.0),
+    FormatSpec("ternary", 1.6, (-1, 0, 1), True, 1, 1.5),   # levels 0, +-2c/3: threshold c/3
+    FormatSpec("2bitsym", 2, _odd(3), True, 3, 4.0),
+    FormatSpec("4bitsym", 4, _odd(15), True, 15, 16.0),
+    FormatSpec("4bit", 4, tuple(range(-8, 8)), False, 8, 8.0),
+    FormatSpec("8bit", 8, tuple(range(-128, 128)), False, 128, 128.0),
+    FormatSpec("fp130", 4, tuple(sorted(s * 2**e for s in (-1, 1) for e in range(8))), True, 128, 128.0),
+    FormatSpec("nf4", 4, NF4_CODES, False, 127, 127.0),
+    FormatSpec("none", 32, (), False, 0, 128.0),              # float weights, scaled like 8bit
+)}
+
+
+def layer_bound(n_in: int, fmt: str, max_shift: int) -> int:
+    """Largest |accumulator| of a layer (CONTRACT §3): n_in * 127 * max|code| * 2^max_shift."""
+    return n_in * 127 * FORMATS[fmt].max_abs_code * 2**max_shift
+
+
+KINDS = ("fc", "cnn")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = "fc"                      # model.kind: 'fc' | 'cnn'
+    image_size: int = 16                  # data.image_size: N of the NxN input
+    widths: tuple[int, ...] = (64, 64, 64)  # model.widths: hidden FC widths (fc 2..4, cnn 1..3)
+    cnn_channels: int = 0                 # model.cnn_channels: C (cnn only)
+    formats: tuple[str, ...] = ("4bitsym",)  # quant.formats: one per weight layer, or one for all
+    scaling: str = "per_tensor"           # quant.scaling
+    clip: str = "octav"                   # quant.clip
+    prop_scale: float = 0.25              # quant.prop_scale
+    norm: str = "rms"                     # quant.norm: backward surrogate of ShiftNorm
+    norm_eps: float = 1e-5                # quant.norm_eps
+    input_zero: int = 16                  # model.input_zero: Z in x0 = (p >> 1) - Z
+    num_classes: int = 10
+    prune_keep: int = 0                   # prune.keep: units kept (0 = no pruning)
+    prune_l1: float = 5e-4                # prune.l1: L1 weight on the mask until prune.epoch
+    prune_epoch: int = 0                  # prune.epoch: when the caller calls apply_pruning
+
+    def __post_init__(self) -> None:      # configs hand over lists; keep the spec hashable
+        object.__setattr__(self, "widths", tuple(self.widths))
+        object.__setattr__(self, "formats", (self.formats,) if isinstance(self.formats, str)
+                           else tuple(self.formats))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        return cls(**d)
+
+    def n_layers(self) -> int:
+        return len(self.widths) + 1 + (3 if self.kind == "cnn" else 0)
+
+    def layer_formats(self) -> tuple[str, ...]:
+        f = self.formats
+        return f * self.n_layers() if len(f) == 1 else f
+
+    def geometry(self) -> list[dict[str, Any]]:
+        """Per weight layer: name, kind, n_out, n_in (terms per output), groups, in/out shapes, pool."""
+        geo: list[dict[str, Any]] = []
+        if self.kind == "cnn":
+            c, n = self.cnn_channels, self.image_size
+            for name, kind, pool in (("conv1", "conv", False), ("dw1", "dwconv", True), ("dw2", "dwconv", True)):
+                m = n - 2
+                out = m // 2 if pool else m
+                geo.append(dict(name=name, kind=kind, n_out=c, n_in=9, groups=1 if kind == "conv" else c,
+                                in_shape=(1 if kind == "conv" else c, n, n), out_shape=(c, out, out), pool=pool))
+                n = out
+            feats = c * n * n
+        else:
+            feats = self.image_size ** 2
+        dims = [feats, *self.widths, self.num_classes]
+        for i in range(len(dims) - 1):
+            geo.append(dict(name=f"fc{i + 1}", kind="fc", n_out=dims[i + 1], n_in=dims[i], groups=1,
+                            in_shape=(dims[i],), out_shape=(dims[i + 1],), pool=False))
+        return geo
+
+    def validate(self) -> list[str]:
+        """Problems as `key: problem (allowed: ...)`; empty when the spec is usable."""
+        p: list[str] = []
+
+        def bad(key: str, prob: str, allowed: str) -> None:
+            p.append(f"{key}: {prob} (allowed: {allowed})")
+
+        if self.kind not in KINDS:
+            bad("model.kind", f"unknown value {self.kind!r}", ", ".join(KINDS))
+            return p
+        if not 8 <= self.image_size <= 28:
+            bad("data.image_size", f"{self.image_size} is out of range", "8 to 28")
+        lo, hi = (2, 4) if self.kind == "fc" else (1, 3)
+        if not lo <= len(self.widths) <= hi or any(w < 1 for w in self.widths):
+            bad("model.widths", f"{list(self.widths)} has {len(self.widths)} entries or a width < 1",
+                f"{lo} to {hi} widths >= 1 for model.kind {self.kind}")
+        if self.kind == "cnn" and self.cnn_channels < 1:
+            bad("model.cnn_channels", f"{self.cnn_channels} is out of range", "an integer >= 1 for a cnn")
+        for key, v, ok in (("quant.scaling", self.scaling, SCALINGS), ("quant.clip", self.clip, CLIPS),
+                           ("quant.norm", self.norm, NORMS)):
+            if v not in ok:
+                bad(key, f"unknown value {v!r}", ", ".join(ok))
+        for key, v in (("quant.prop_scale", self.prop_scale), ("quant.norm_eps", self.norm_eps)):
+            if not (math.isfinite(v) and v > 0):
+                bad(key, f"{v!r} must be positive", "a finite number > 0")
+        if not 0 <= self.input_zero <= 127:
+            bad("model.input_zero", f"{self.input_zero} is out of range", "0 to 127")
+        if self.num_classes < 2:
+            bad("model.num_classes", f"{self.num_classes} is out of range", "an integer >= 2")
+        for f in self.formats:
+            if f not in FORMATS:
+                bad("quant.formats", f"unknown format {f!r}", ", ".join(FORMATS))
+        if len(self.formats) not in (1, self.n_layers()):
+            bad("quant.formats", f"{len(self.formats)} names for {self.n_layers()} weight layers",
+                f"1 name for all layers, or {self.n_layers()} in order"
+                + (" (conv1, dw1, dw2, then fc layers)" if self.kind == "cnn" else ""))
+        if p:
+            return p
+        geo = self.geometry()
+        if self.kind == "cnn" and geo[2]["out_shape"][1] < 1:
+            bad("data.image_size", f"{self.image_size} leaves no pixels after the conv stack "
+                "(each 3x3 conv -2, each pool /2)", "12 to 28 for model.kind cnn")
+            return p
+        k = MAX_OUT_SHIFT if self.scaling == "per_output" else 0
+        for g, f in zip(geo, self.layer_formats()):
+            if f == "none":
+                continue
+            if layer_bound(g["n_in"], f, k) > ACC_LIMIT:
+                key = ("model.widths" if g["name"] not in ("conv1", "dw1", "dw2", "fc1") else
+                       "model.cnn_channels" if self.kind == "cnn" else "data.image_size")
+                cap = ACC_LIMIT // layer_bound(1, f, k)
+                bad(key, f"layer {g['name']} has {g['n_in']} inputs; {g['n_in']}*127*"
+                    f"{FORMATS[f].max_abs_code}*2^{k} exceeds the int32 accumulator limit 2^31-2^24",
+                    f"n_in <= {cap} for {f} {self.scaling}")
+        if self.prune_keep:
+            units = self.cnn_channels if self.kind == "cnn" else self.widths[0]
+            if not 1 <= self.prune_keep <= units:
+                bad("prune.keep", f"{self.prune_keep} is out of range",
+                    f"0 (off) or 1 to {units}, the {'CNN channels' if self.kind == 'cnn' else 'first hidden width'}")
+        if not (math.isfinite(self.prune_l1) and self.prune_l1 >= 0):
+            bad("prune.l1", f"{self.prune_l1!r} is out of range", "a finite number >= 0")
+        if self.prune_epoch < 0:
+            bad("prune.epoch", f"{self.prune_epoch} is out of range", "an integer >= 0")
+        return p
+
+FORMAT_NAMES = tuple(FORMATS)
+
+# Config keys read by the train stage, and the ModelSpec field each model key fills.
+SPEC_KEYS = {
+    "model.kind": "kind", "data.image_size": "image_size", "model.widths": "widths",
+    "model.cnn_channels": "cnn_channels", "quant.formats": "formats", "quant.scaling": "scaling",
+    "quant.clip": "clip", "quant.prop_scale": "prop_scale", "quant.norm": "norm", "quant.norm_eps": "norm_eps",
+    "model.input_zero": "input_zero", "prune.keep": "prune_keep", "prune.l1": "prune_l1",
+    "prune.epoch": "prune_epoch",
+}
+TRAIN_KEYS = tuple(SPEC_KEYS) + (
+    "train.epochs", "train.batch_size", "train.lr", "train.scheduler", "train.step_size", "train.gamma",
+    "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
+    "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
+    "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma",
+)
+TRAIN_RUNTIME_KEYS = ("train.device", "train.threads")
+
+
+def model_spec(cfg: Mapping[str, Any]) -> ModelSpec:
+    return ModelSpec(**{field: cfg[key] for key, field in SPEC_KEYS.items()})
+
+
+def model_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Config rule: the model the keys describe must be buildable and fit the integer contract."""
+    out = []
+    for problem in model_spec(values).validate():
+        key, _, msg = problem.partition(": ")
+        out.append((key, msg))
+    return out

@@ -1,0 +1,185 @@
+"""Training stage: quantization-aware training whose forward pass is the device's integer arithmetic.
+
+The whole dataset stays in memory as uint8 tensors; each epoch is the clean set plus `train.aug_copies`
+freshly augmented copies made a whole batch at a time (pipeline/augment.py). Every random draw comes
+from a generator seeded by (seed, epoch, purpose), so an epoch is a pure function of the weights it
+starts from: a checkpoint after each epoch (model, optimizer, scheduler, metrics) is enough to resume
+a killed run bit-identically. The accuracy reported is `int_eval` (the contract's integer path) on
+the whole test set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.augment import AugmentSpec, augment
+from pipeline.models import QModel, build_model
+from pipeline.spec import model_spec
+
+CKPT = "checkpoint.pt"
+
+
+def _generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + purpose)
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _scheduler(cfg, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    kind = cfg["train.scheduler"]
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["train.epochs"])
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["train.step_size"], gamma=cfg["train.gamma"])
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=cfg["train.restart_period"], T_mult=cfg["train.restart_mult"])
+
+
+def _augment_spec(cfg) -> AugmentSpec:
+    return AugmentSpec(rotation_deg=cfg["train.rotation_deg"], translate=cfg["train.translate"],
+                       scale_min=cfg["train.scale_min"], scale_max=cfg["train.scale_max"],
+                       elastic_prob=cfg["train.elastic_prob"], elastic_alpha=cfg["train.elastic_alpha"],
+                       elastic_sigma=cfg["train.elastic_sigma"])
+
+
+@torch.no_grad()
+def evaluate(model: QModel, images: torch.Tensor, labels: torch.Tensor, batch: int = 2000) -> tuple[float, np.ndarray]:
+    """Integer-path accuracy and predictions over every image (no partial batch is dropped)."""
+    preds = torch.cat([model.int_eval(images[i:i + batch]).logits.argmax(1).cpu()
+                       for i in range(0, len(images), batch)])
+    return float((preds == labels.cpu()).float().mean()), preds.numpy()
+
+
+def epoch_images(cfg, epoch: int, clean: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """The clean set plus this epoch's augmented copies, uint8 [S,1,N,N]."""
+    parts = [clean]
+    if cfg["train.augment"]:
+        g = _generator(cfg["train.seed"], epoch, 1)
+        for _ in range(cfg["train.aug_copies"]):
+            parts.append(augment(raw, clean.shape[-1], _augment_spec(cfg), g))
+    return torch.cat(parts)
+
+
+def train_epoch(cfg, model: QModel, opt, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: tqdm) -> dict:
+    model.train()
+    g = _generator(cfg["train.seed"], epoch, 2)
+    order = torch.randperm(len(x), generator=g).to(x.device)
+    bs = cfg["train.batch_size"]
+    steps = len(x) // bs  # drop the last partial batch: equal-size steps keep Adam's statistics even
+    loss_sum = correct = seen = 0.0
+    l1 = cfg["prune.l1"] if cfg["prune.keep"] and epoch < cfg["prune.epoch"] else 0.0
+    for i in range(steps):
+        idx = order[i * bs:(i + 1) * bs]
+        logits = model(x[idx])
+        loss = F.cross_entropy(logits, y[idx])
+        if l1:
+            loss = loss + l1 * model.prune_penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += float((logits.detach().argmax(1) == y[idx]).sum())
+        seen += len(idx)
+        bar.update(1)
+        if i % 20 == 0 or i == steps - 1:
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def run(ctx) -> dict:
+    cfg = ctx.cfg
+    torch.use_deterministic_algorithms(True)
+    if cfg["train.threads"]:
+        torch.set_num_threads(cfg["train.threads"])
+    dev = _device(cfg["train.device"])
+    data = ctx.input("data")
+    limit = cfg["train.train_limit"] or None
+    clean = torch.from_numpy(np.load(data / "train_images.npy")[:limit]).unsqueeze(1).to(dev)
+    raw = torch.from_numpy(np.load(data / "train_raw.npy")[:limit]).to(dev)
+    labels = torch.from_numpy(np.load(data / "train_labels.npy")[:limit]).long().to(dev)
+    test_x = torch.from_numpy(np.load(data / "test_images.npy")).unsqueeze(1).to(dev)
+    test_y = torch.from_numpy(np.load(data / "test_labels.npy")).long().to(dev)
+
+    spec = model_spec(cfg)
+    torch.manual_seed(cfg["train.seed"])
+    model = build_model(spec).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["train.lr"], fused=True)
+    sched = _scheduler(cfg, opt)
+    history: list[dict] = []
+    start = 0
+    ckpt = ctx.work / CKPT
+    if ckpt.is_file():  # a previous attempt at this exact entry was interrupted: carry on from it
+        state = torch.load(ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if state.get("pruned"):
+            model.apply_pruning(spec.prune_keep)
+        history, start = state["history"], state["epoch"]
+        ctx.log(f"resuming after epoch {start} from {ckpt}")
+
+    epochs = cfg["train.epochs"]
+    copies = 1 + (cfg["train.aug_copies"] if cfg["train.augment"] else 0)
+    ctx.log(f"{spec.kind} {list(spec.widths)} {list(spec.formats)} on {dev}, {epochs} epochs of "
+            f"{len(clean) * copies} samples")
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        clips = model.update_clipping()  # computed now, used by this very epoch
+        x = epoch_images(cfg, epoch, clean, raw)
+        y = labels.repeat(copies)
+        t_aug = time.perf_counter() - t0
+        steps = len(x) // cfg["train.batch_size"]
+        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
+                  disable=None, dynamic_ncols=True) as bar:
+            stats = train_epoch(cfg, model, opt, epoch, x, y, bar)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        if cfg["prune.keep"] and epoch + 1 == cfg["prune.epoch"]:
+            model.apply_pruning(spec.prune_keep)
+        model.update_clipping()
+        test_acc, _ = evaluate(model, test_x, test_y)
+        row = {"epoch": epoch + 1, **stats, "test_acc": test_acc, "lr": lr,
+               "clip": {k: [round(float(v), 6) for v in np.atleast_1d(c)] if np.ndim(c) else round(float(c), 6)
+                        for k, c in clips.items()},
+               "entropy": {k: round(v, 4) for k, v in model.code_entropy().items()},
+               "seconds": round(time.perf_counter() - t0, 2), "augment_seconds": round(t_aug, 2)}
+        history.append(row)
+        ctx.log(f"epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
+                f"test(int) {test_acc:.4f} lr {lr:.2e} {row['seconds']:.1f}s")
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "history": history, "epoch": epoch + 1,
+                    "pruned": bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])}, tmp)
+        os.replace(tmp, ckpt)
+
+    model.update_clipping()
+    test_acc, preds = evaluate(model, test_x, test_y)
+    torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / "model.pt")
+    np.save(ctx.out / "test_predictions.npy", preds.astype(np.uint8))
+    (ctx.out / "metrics.json").write_text(json.dumps(history, indent=1) + "\n")
+    layers = model.export_layers()
+    weights = sum(int(np.prod(l["codes"].shape)) for l in layers)
+    return {
+        "test_accuracy_int": round(test_acc, 6),
+        "test_errors": int(round((1 - test_acc) * len(test_y))),
+        "test_images": len(test_y),
+        "train_samples_per_epoch": len(clean) * copies,
+        "epochs": epochs,
+        "weights": weights,
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2) if history else None,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "best_epoch_test_acc": max((h["test_acc"] for h in history), default=None),
+        "device": str(dev),
+        "entropy_bits": model.code_entropy(),
+    }
