@@ -1,0 +1,1 @@
+"""Numba reference engine of engine/CONTRACT.md: leaf kernels (kernels.py) and the glue (model.py)."""
