@@ -1,0 +1,195 @@
+/* bitmcu.h: integer-only inference for the bitmcu low-bit MNIST nets (engine/CONTRACT.md).
+
+   ABOUT
+   C99, <stdint.h> and <stddef.h> only, no heap, no printf, no undefined behaviour for inputs that
+   satisfy the contract. It runs the same arithmetic, bit for bit, as QModel.int_eval (PyTorch),
+   refimpl/ (numba) and tests/naive.py. Built for the CH32V003 (RV32EC, no multiplier, 2 KB RAM,
+   16 KB flash) and, through engine/build.py, for the host under cffi.
+
+   BUILDING
+   Compile bitmcu.c together with one translation unit that includes a generated model header
+   (engine/header.py: weights, layer table and buffers). The build options below must be the same
+   in every translation unit (pass them with -D):
+
+     BM_CFG_FORMATS       bit mask of the weight formats whose kernels are compiled in,
+                          BM_FMT_BIT(BM_FMT_x) | ...  Default: every format (BM_FMTS_ALL), or
+                          BM_FMTS_MULFREE when BM_CFG_NO_MULTIPLY is defined. A model header that
+                          uses a format left out fails with #error naming the format; a kernel
+                          called at runtime with such a format returns BM_ERR_FORMAT.
+     BM_CFG_NO_MULTIPLY   when defined, selecting 4bit, 8bit or nf4 is a compile error. The
+                          remaining kernels use add, subtract and shift only, so the object has no
+                          mul/div instruction and no __mulsi3/__divsi3 call on RV32EC.
+     BM_CFG_CONV_MAX_CPG  largest input-channels-per-group a conv kernel accepts (default 4; the
+                          contract's CNN uses 1). It sizes a 9*cpg byte window on the stack.
+
+   USAGE
+     #include "model.h"                       (generated; includes this header)
+     int32_t logits[BM_NUM_CLASSES];
+     if (bm_run(BM_MODEL, pixels, NULL, logits) == BM_OK)
+         cls = bm_argmax(logits, BM_NUM_CLASSES);
+
+   API (every input const, output last; a status or a documented value is returned)
+     bm_input     pixels -> x0 = (p >> 1) - Z                                   CONTRACT §1
+     bm_fc        packed fully connected layer, int32 outputs (ReLU << k, or sign-magnitude << k)
+     bm_conv3x3   packed 3x3 valid grouped correlation (conv1: groups 1; depthwise: groups = C)
+     bm_maxpool2  2x2 max-pool, stride 2, floor (may run in place)
+     bm_shiftnorm per-sample requant to int8 [0, 127]; returns the shift s            CONTRACT §4
+     bm_argmax    index of the largest logit, ties to the lowest index              CONTRACT §5
+     bm_run       a whole model from its layer table, optional per-layer trace
+
+   Arrays are row-major. Activations are int8 with |x| <= 127. Feature maps are [C][H][W].
+   Accumulators are int32: export proves |acc| <= 2^31 - 2^24 (CONTRACT §3), so no sum overflows.
+*/
+#ifndef BITMCU_H
+#define BITMCU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- weight formats (ids equal refimpl/kernels.py FORMAT_IDS) ------------------------------- */
+#define BM_FMT_BINARY 0
+#define BM_FMT_BINARYBALANCED 1
+#define BM_FMT_TERNARY 2
+#define BM_FMT_2BITSYM 3
+#define BM_FMT_4BITSYM 4
+#define BM_FMT_4BIT 5
+#define BM_FMT_8BIT 6
+#define BM_FMT_FP130 7
+#define BM_FMT_NF4 8
+#define BM_FMT_COUNT 9
+
+#define BM_FMT_BIT(id) (1u << (id))
+#define BM_FMTS_ALL 0x1FFu
+/* binary, binarybalanced, ternary, 2bitsym, 4bitsym, fp130: add/sub/shift only */
+#define BM_FMTS_MULFREE (BM_FMT_BIT(BM_FMT_BINARY) | BM_FMT_BIT(BM_FMT_BINARYBALANCED) | \
+                         BM_FMT_BIT(BM_FMT_TERNARY) | BM_FMT_BIT(BM_FMT_2BITSYM) |      \
+                         BM_FMT_BIT(BM_FMT_4BITSYM) | BM_FMT_BIT(BM_FMT_FP130))
+
+#ifndef BM_CFG_FORMATS
+#ifdef BM_CFG_NO_MULTIPLY
+#define BM_CFG_FORMATS BM_FMTS_MULFREE
+#else
+#define BM_CFG_FORMATS BM_FMTS_ALL
+#endif
+#endif
+
+#if (BM_CFG_FORMATS) & ~BM_FMTS_ALL
+#error "bitmcu: BM_CFG_FORMATS has bits above BM_FMTS_ALL (0x1FF); use BM_FMT_BIT(BM_FMT_x) | ..."
+#endif
+#if (BM_CFG_FORMATS) == 0
+#error "bitmcu: BM_CFG_FORMATS selects no weight format"
+#endif
+#ifdef BM_CFG_NO_MULTIPLY
+#if (BM_CFG_FORMATS) & BM_FMT_BIT(BM_FMT_4BIT)
+#error "bitmcu: BM_CFG_NO_MULTIPLY forbids format 4bit (it needs a multiply); drop it from BM_CFG_FORMATS"
+#endif
+#if (BM_CFG_FORMATS) & BM_FMT_BIT(BM_FMT_8BIT)
+#error "bitmcu: BM_CFG_NO_MULTIPLY forbids format 8bit (it needs a multiply); drop it from BM_CFG_FORMATS"
+#endif
+#if (BM_CFG_FORMATS) & BM_FMT_BIT(BM_FMT_NF4)
+#error "bitmcu: BM_CFG_NO_MULTIPLY forbids format nf4 (it needs a multiply); drop it from BM_CFG_FORMATS"
+#endif
+#endif
+
+#ifndef BM_CFG_CONV_MAX_CPG
+#define BM_CFG_CONV_MAX_CPG 4
+#endif
+#if BM_CFG_CONV_MAX_CPG < 1
+#error "bitmcu: BM_CFG_CONV_MAX_CPG must be >= 1"
+#endif
+
+/* ---- status ----------------------------------------------------------------------------------- */
+typedef enum bm_status {
+    BM_OK = 0,
+    BM_ERR_ARG = -1,    /* NULL pointer, size out of range, shapes that do not fit together */
+    BM_ERR_FORMAT = -2  /* unknown format id, or a format not compiled in (BM_CFG_FORMATS) */
+} bm_status;
+
+/* ---- model description (generated by engine/header.py) ------------------------------------------ */
+#define BM_OP_FC 0      /* fully connected: n_in inputs, n_out outputs */
+#define BM_OP_CONV 1    /* 3x3 valid conv, groups = 1 (conv1) or any divisor of in_c and n_out */
+#define BM_OP_DWCONV 2  /* the same kernel; depthwise is groups = in_c = n_out */
+
+/* One weight layer. 32 bytes on a 32-bit target. Every layer but the last is followed by ReLU,
+   << k, optional 2x2 max-pool and ShiftNorm; the last must be BM_OP_FC and gives the logits. */
+typedef struct bm_layer {
+    const uint32_t *words;       /* n_out rows of row_words packed words (CONTRACT §9) */
+    const uint8_t *out_shifts;   /* n_out left shifts k in [0, 7], or NULL for all 0 (per_tensor) */
+    uint16_t n_in;               /* codes per row: fc inputs, or 9 * in_c / groups */
+    uint16_t n_out;              /* outputs (fc) or output channels (conv) */
+    uint16_t groups;             /* conv groups (1 for fc) */
+    uint16_t in_c, in_h, in_w;   /* conv input map [in_c][in_h][in_w]; fc: n_in, 1, 1 */
+    uint16_t out_h, out_w;       /* output map after the optional pool; fc: 1, 1 */
+    uint16_t row_words;          /* words per packed row */
+    uint8_t op;                  /* BM_OP_FC, BM_OP_CONV or BM_OP_DWCONV */
+    uint8_t format;              /* BM_FMT_x */
+    uint8_t pool;                /* 1: 2x2 max-pool after the conv, before ShiftNorm */
+} bm_layer;
+
+/* A model: its layer table and the working buffers bm_run uses (not reentrant: one run at a time).
+   acc holds one layer's int32 outputs before pooling, act one int8 activation map; the generated
+   header sizes them (BM_ACC_WORDS, BM_ACT_BYTES) and bm_run checks every layer against them. */
+typedef struct bm_model {
+    const bm_layer *layers;
+    int32_t *acc;
+    int8_t *act;
+    uint32_t acc_words;
+    uint32_t act_bytes;
+    uint16_t n_pixels;           /* image_size * image_size */
+    uint8_t n_layers;
+    uint8_t image_size;
+    uint8_t input_zero;          /* Z in [0, 127] */
+    uint8_t num_classes;         /* n_out of the last layer */
+} bm_model;
+
+/* Optional per-image record of every layer, for bit-exact comparison with the reference engines. */
+typedef struct bm_trace {
+    int8_t *acts;       /* BM_TRACE_ACT_BYTES: x0, then each requantized layer's output, in order */
+    int32_t *shifts;    /* BM_N_SHIFTS: ShiftNorm's s of each requantized layer, in order */
+    int32_t *logits;    /* num_classes final logits, or NULL */
+} bm_trace;
+
+/* ---- kernels -------------------------------------------------------------------------------------- */
+
+/* out[i] = (pixels[i] >> 1) - zero for i < n. zero in [0, 127]. Returns BM_OK or BM_ERR_ARG. */
+bm_status bm_input(const uint8_t *pixels, int32_t n, int32_t zero, int8_t *out);
+
+/* Fully connected layer on packed rows (CONTRACT §3):
+     acc[o] = sum_{i < n_in} x[i] * w[o][i]
+     relu != 0 (hidden): out[o] = max(acc[o], 0) << k[o]
+     relu == 0 (final):  out[o] = acc[o] >= 0 ? acc[o] << k[o] : -((-acc[o]) << k[o])
+   x: n_in int8. words: n_out rows of row_words words (row_words large enough for n_in codes).
+   fmt: BM_FMT_x. out_shifts: n_out values in [0, 7], or NULL for all 0. out: n_out int32.
+   Returns BM_OK, BM_ERR_FORMAT (fmt unknown or not compiled in) or BM_ERR_ARG. */
+bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words, int32_t fmt,
+                int32_t n_out, const uint8_t *out_shifts, int32_t relu, int32_t *out);
+
+/* 3x3 valid correlation, stride 1, groups (CONTRACT §6), then the shift of bm_fc:
+     acc[c][h][w] = sum_{ci, dy, dx} x[g*cpg + ci][h+dy][w+dx] * w[c][ci][dy][dx]
+   with cpg = c_in / groups, g = c / (n_out / groups). x: [c_in][h][w], h, w >= 3.
+   Row c of words holds its 9 * cpg codes in [ci][dy][dx] order. out: [n_out][h-2][w-2] int32.
+   c_in and n_out must be multiples of groups, cpg <= BM_CFG_CONV_MAX_CPG.
+   Returns BM_OK, BM_ERR_FORMAT or BM_ERR_ARG. */
+bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const uint32_t *words,
+                     int32_t row_words, int32_t fmt, int32_t n_out, int32_t groups,
+                     const uint8_t *out_shifts, int32_t relu, int32_t *out);
+
+/* 2x2 max-pool, stride 2, odd last row/column dropped: y [c][h][w] -> out [c][h/2][w/2].
+   out may equal y (in place). Returns BM_OK or BM_ERR_ARG. */
+bm_status bm_maxpool2(const int32_t *y, int32_t c, int32_t h, int32_t w, int32_t *out);
+
+/* ShiftNorm (CONTRACT §4) of n values y (each <= 2^31 - 2^24; negatives count as 0):
+     M = max(y, 0), s = max(0, bitlen(M) - 7), out[i] = min((max(y[i], 0) + ((1 << s) >> 1)) >> s, 127)
+   Returns s in [0, 24], or BM_ERR_ARG (< 0). */
+int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out);
+
+/* Index of the largest of n >= 1 logits; ties go to the lowest index. BM_ERR_ARG (< 0) if n < 1. */
+int32_t bm_argmax(const int32_t *logits, int32_t n);
+
+/* Run model m on n_pixels uint8 pixels (row-major N x N) and write its num_classes int32 logits.
+   trace, when not NULL, receives x0, every requantized activation, every shift and the logits.
+   Returns BM_OK, BM_ERR_FORMAT (a layer's format unknown or not compiled in) or BM_ERR_ARG (a
+   layer table that is inconsistent or does not fit m's buffers). */
+bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int32_t *logits_out);
+
+#endif /* BITMCU_H */
