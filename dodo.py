@@ -46,6 +46,18 @@ def task_train():
     return PLAN.task("train")
 
 
+def task_export():
+    return PLAN.task("export")
+
+
+def task_library():
+    return PLAN.task("library")
+
+
+def task_verify():
+    return PLAN.task("verify")
+
+
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():

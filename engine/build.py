@@ -178,7 +178,7 @@ def build_library(header_text: str, out_dir: Path, sanitize: bool = False,
     """
     flags = [*CFLAGS, *(f"-D{d}" for d in defines), *(SANITIZE if sanitize else [])]
     name = "_bm_model_" + _key(header_text, GLUE_C, " ".join(flags))
-    build_dir = Path(out_dir) / name
+    build_dir = Path(out_dir).resolve() / name  # absolute: cffi links from inside build_dir
     build_dir.mkdir(parents=True, exist_ok=True)
     done = _built(build_dir, name)
     if done:
@@ -195,7 +195,7 @@ def build_kernel_library(out_dir: Path, sanitize: bool = False, defines: Sequenc
     """Compile bitmcu.c alone into a cffi module exposing the kernels (bm_fc, bm_conv3x3, ...)."""
     flags = [*CFLAGS, *(f"-D{d}" for d in defines), *(SANITIZE if sanitize else [])]
     name = "_bm_kernels_" + _key(KERNEL_CDEF, " ".join(flags))
-    build_dir = Path(out_dir) / name
+    build_dir = Path(out_dir).resolve() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     done = _built(build_dir, name)
     if done:

@@ -97,6 +97,9 @@ _KEYS: list[Key] = [
     Key("train.device", "str", "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"),
         runtime=True),
     Key("train.threads", "int", 0, "CPU threads for torch; 0 = torch's default", lo=0, hi=1024, runtime=True),
+    # deployment
+    Key("mcu.target", "str", "ch32v003", "chip: ch32v003 (no multiplier, 2 KB RAM) or ch32v002 (Zmmul, 4 KB)",
+        choices=("ch32v003", "ch32v002")),
 ]
 
 SCHEMA: dict[str, Key] = {k.name: k for k in _KEYS}

@@ -30,6 +30,26 @@ STAGES: tuple[Stage, ...] = (
         runtime_keys=TRAIN_RUNTIME_KEYS,
         inputs=("data",),
     ),
+    Stage(
+        name="export",
+        doc="Integer model (packed weights, shifts, buffer sizes) as model.json and a generated C header",
+        module="pipeline.export",
+        keys=("mcu.target",),
+        inputs=("train",),
+    ),
+    Stage(
+        name="library",
+        doc="Compile the C engine with the exported header into a host shared library (cffi)",
+        module="pipeline.library",
+        inputs=("export",),
+        extra_sources=("engine/bitmcu.c", "engine/bitmcu.h"),
+    ),
+    Stage(
+        name="verify",
+        doc="Run PyTorch int-eval, numba and C on every test image; every layer must be identical",
+        module="pipeline.verify",
+        inputs=("data", "train", "export", "library"),
+    ),
 )
 
 

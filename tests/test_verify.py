@@ -1,0 +1,114 @@
+"""Export and verify stages: deterministic export, the target's multiplier rule, and a verifier that can fail."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from engine.build import build_library, load_library, run_c
+from engine.header import render_header
+from pipeline import config, export, verify
+from pipeline.graph import Plan
+from pipeline.store import Store
+from refimpl import kernels as K
+from refimpl import model as refmodel
+
+from .conftest import ROOT
+
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    if not (ROOT.parent / "shared" / "datasets" / "mnist").is_dir():
+        pytest.skip("MNIST copy not found")
+    root = tmp_path_factory.mktemp("store")
+    plan = Plan.make(config.load(TINY), Store(root))
+    for s in plan.stages:
+        if not plan.up_to_date(s.name):
+            assert plan.run(s.name) is None, s.name
+    return root, plan
+
+
+def entry(tiny_store, stage):
+    root, plan = tiny_store
+    return Store(root).path(stage, plan.keys[stage])
+
+
+def test_tiny_pipeline_verifies_every_layer(tiny_store):
+    summary = json.loads((entry(tiny_store, "verify") / "summary.json").read_text())
+    assert summary["images"] == 10000
+    assert summary["mismatches"] == {"torch_vs_numba": 0, "torch_vs_c": 0}
+    acc = summary["accuracy"]
+    assert acc["torch"] == acc["numba"] == acc["c"] > 0.3
+    assert summary["layers_compared"][0] == "input" and len(summary["layers_compared"]) == 4
+
+
+def test_export_is_deterministic_and_self_describing(tiny_store, tmp_path):
+    outs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        out.mkdir()
+        ctx = SimpleNamespace(cfg={"mcu.target": "ch32v003"}, out=out,
+                              input=lambda name: entry(tiny_store, name))
+        export.run(ctx)
+        outs.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert outs[0] == outs[1]
+    assert b"/tmp" not in outs[0]["model.h"] and str(ROOT).encode() not in outs[0]["model.json"]
+    model = json.loads(outs[0]["model.json"])
+    assert model["format_version"] == export.FORMAT_VERSION and model["sizes"]["ram_bytes"] > 0
+    assert outs[0]["model.h"] == (entry(tiny_store, "export") / "model.h").read_bytes()
+
+
+def test_multiplier_format_refused_for_ch32v003(tiny_store, monkeypatch):
+    real = export.load_trained
+
+    def as_8bit(train_dir):
+        m = real(train_dir)
+        orig = m.export_model
+
+        def patched():
+            d = orig()
+            d["layers"][0]["format"] = "8bit"
+            return d
+        m.export_model = patched
+        return m
+    monkeypatch.setattr(export, "load_trained", as_8bit)
+    with pytest.raises(export.ExportError, match=r"mcu.target: ch32v003 has no multiply instruction, but "
+                                                  r"layers fc1 \(8bit\) need one"):
+        export.packed_model(entry(tiny_store, "train"), "ch32v003")
+
+
+def _engines(tiny_store):
+    data = entry(tiny_store, "data")
+    pixels = np.load(data / "test_images.npy")[:300]
+    model = export.load_trained(entry(tiny_store, "train"))
+    packed = export.load_packed(entry(tiny_store, "export"))
+    return pixels, verify.torch_int(model, pixels), packed
+
+
+def test_verifier_catches_one_corrupted_weight(tiny_store, tmp_path):
+    pixels, ref, packed = _engines(tiny_store)
+    # Flip the sign of fc2's weight on fc1's most active unit (4bitsym: 8 fields a word, bit 3 = sign),
+    # so the corruption reaches the outputs rather than hiding behind a dead unit.
+    j = int(dict(ref["acts"])["fc1"].mean(0).argmax())
+    words = packed["layers"][1]["words"] = packed["layers"][1]["words"].copy()
+    words[j // 8] ^= np.uint32(1 << (4 * (j % 8) + 3))
+    lib = load_library(build_library(render_header(packed), tmp_path))
+    count, lines = verify.compare(ref, run_c(lib, pixels), "torch", "c")
+    assert count > 0
+    assert lines[0].startswith("image ") and ", layer fc2, index (" in lines[0] and "torch " in lines[0]
+
+
+def test_verifier_catches_flipped_rounding(tiny_store, monkeypatch):
+    pixels, ref, packed = _engines(tiny_store)
+    real = K.shiftnorm
+
+    def round_half_down(y, out, s_out):
+        real(y, out, s_out)
+        half = (np.left_shift(1, s_out) >> 1)[:, None]
+        tie = (s_out[:, None] > 0) & ((y & ((1 << s_out[:, None]) - 1)) == half) & (out < 127)
+        out[tie] -= 1  # ties now round down: what a half-down engine would produce
+    monkeypatch.setattr(K, "shiftnorm", round_half_down)
+    count, lines = verify.compare(ref, refmodel.run(packed, pixels), "torch", "numba")
+    assert count > 0 and "layer fc" in lines[0]
