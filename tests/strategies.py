@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from hypothesis import strategies as st
 
-from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT
+from pipeline.models import build_model
+from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec
 
 EXPORTABLE = tuple(f for f, spec in FORMATS.items() if spec.exportable)
 
@@ -91,3 +93,33 @@ def shiftnorm_inputs(draw) -> np.ndarray:
     top = draw(st.sampled_from((0, 1, 127, 128, 255, 256, 2**20, ACC_LIMIT)))
     vals = st.one_of(st.sampled_from((0, top, top // 2, -1)), st.integers(-5, top))
     return np.array(draw(st.lists(vals, min_size=b * n, max_size=b * n)), dtype=np.int64).reshape(b, n)
+
+# ---- small whole models shared by the numba and C engine tests ----------------------------------------
+MODEL_SPECS = [
+    ModelSpec(kind="fc", image_size=16, widths=(24, 16), formats=("4bitsym",)),
+    ModelSpec(kind="fc", image_size=12, widths=(20, 16, 12), formats=("binary", "ternary", "2bitsym", "fp130"),
+              scaling="per_output"),
+    ModelSpec(kind="fc", image_size=8, widths=(16, 16), formats=("nf4", "4bit", "8bit"), scaling="per_output"),
+    ModelSpec(kind="fc", image_size=10, widths=(12, 12), formats=("binarybalanced", "4bitsym", "ternary"),
+              input_zero=0, num_classes=3),
+    ModelSpec(kind="cnn", image_size=16, cnn_channels=4, widths=(12,),
+              formats=("8bit", "8bit", "8bit", "2bitsym", "4bitsym"), scaling="per_output"),
+    ModelSpec(kind="cnn", image_size=13, cnn_channels=3, widths=(8, 8),
+              formats=("ternary", "fp130", "nf4", "4bit", "binary", "4bitsym"), scaling="per_output",
+              input_zero=127),
+    ModelSpec(kind="cnn", image_size=12, cnn_channels=5, widths=(6,), formats=("4bitsym",)),
+]
+
+
+def random_model(spec: ModelSpec, seed: int):
+    """A QModel with row scales spread over 2^-3..2^3 so per-output shifts differ; pruned if the spec says."""
+    torch.manual_seed(seed)
+    m = build_model(spec)
+    with torch.no_grad():                        # spread row scales so per-output shifts k differ
+        for layer in m.layers:
+            w = layer.weight
+            w.mul_(torch.exp2(torch.randint(-3, 4, (w.shape[0],)).to(w.dtype)).view(-1, *[1] * (w.dim() - 1)))
+    if spec.prune_keep:
+        m.apply_pruning()
+    m.update_clipping(fresh=True)
+    return m

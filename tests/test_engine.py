@@ -9,20 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
                           sanitizer_env)
 from engine.header import layout, render_header
-from pipeline.models import build_model
 from pipeline.packing import pack
 from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec, layer_bound
 from refimpl.kernels import FORMAT_IDS
 from refimpl.model import from_export, run
 from tests import naive
-from tests.strategies import EXPORTABLE, conv_cases, fc_cases, shiftnorm_inputs
+from tests.strategies import EXPORTABLE, MODEL_SPECS, conv_cases, fc_cases, random_model, shiftnorm_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 RV_CC = "riscv64-unknown-elf-gcc"
@@ -188,37 +186,12 @@ def test_formats_left_out_of_bm_cfg_formats_return_err_format(build_dir):
 
 
 # ---- whole models: C == refimpl.model.run (numba) on every layer ----------------------------------------
-MODELS = [
-    ModelSpec(kind="fc", image_size=16, widths=(24, 16), formats=("4bitsym",)),
-    ModelSpec(kind="fc", image_size=12, widths=(20, 16, 12), formats=("binary", "ternary", "2bitsym", "fp130"),
-              scaling="per_output"),
-    ModelSpec(kind="fc", image_size=8, widths=(16, 16), formats=("nf4", "4bit", "8bit"), scaling="per_output"),
-    ModelSpec(kind="fc", image_size=10, widths=(12, 12), formats=("binarybalanced", "4bitsym", "ternary"),
-              input_zero=0, num_classes=3),
-    ModelSpec(kind="cnn", image_size=16, cnn_channels=4, widths=(12,),
-              formats=("8bit", "8bit", "8bit", "2bitsym", "4bitsym"), scaling="per_output"),
-    ModelSpec(kind="cnn", image_size=13, cnn_channels=3, widths=(8, 8),
-              formats=("ternary", "fp130", "nf4", "4bit", "binary", "4bitsym"), scaling="per_output",
-              input_zero=127),
-    ModelSpec(kind="cnn", image_size=12, cnn_channels=5, widths=(6,), formats=("4bitsym",)),
+MODELS = MODEL_SPECS + [
     ModelSpec(kind="cnn", image_size=14, cnn_channels=5, widths=(7,), formats=("2bitsym", "binary", "fp130",
               "ternary", "8bit"), scaling="per_output", prune_keep=3),
 ]
 MODEL_IDS = [f"{s.kind}-{s.image_size}-{'-'.join(s.formats)}-{s.scaling}{'-pruned' if s.prune_keep else ''}"
              for s in MODELS]
-
-
-def _random_model(spec: ModelSpec, seed: int):
-    torch.manual_seed(seed)
-    m = build_model(spec)
-    with torch.no_grad():                        # spread row scales so per-output shifts k differ
-        for layer in m.layers:
-            w = layer.weight
-            w.mul_(torch.exp2(torch.randint(-3, 4, (w.shape[0],)).to(w.dtype)).view(-1, *[1] * (w.dim() - 1)))
-    if spec.prune_keep:
-        m.apply_pruning()
-    m.update_clipping(fresh=True)
-    return m
 
 
 def _pixels(n: int, seed: int) -> np.ndarray:
@@ -240,7 +213,7 @@ def assert_same_run(got: dict, want: dict) -> None:
 
 @pytest.fixture(scope="session")
 def packed_models():
-    return [from_export(_random_model(s, seed=len(s.formats) * 31 + s.image_size).export_model()) for s in MODELS]
+    return [from_export(random_model(s, seed=len(s.formats) * 31 + s.image_size).export_model()) for s in MODELS]
 
 
 @pytest.mark.parametrize("i", range(len(MODELS)), ids=MODEL_IDS)
@@ -393,7 +366,7 @@ def test_sanitizer_harness_catches_errors(build_dir):
 # ---- the generated header ---------------------------------------------------------------------------------
 def test_header_is_deterministic(packed_models):
     spec = MODELS[5]
-    again = from_export(_random_model(spec, seed=len(spec.formats) * 31 + spec.image_size).export_model())
+    again = from_export(random_model(spec, seed=len(spec.formats) * 31 + spec.image_size).export_model())
     h1, h2, h3 = render_header(packed_models[5]), render_header(packed_models[5]), render_header(again)
     assert h1 == h2 == h3
     for bad in (str(ROOT), "/tmp", "/home", "/root", "/usr", str(Path.cwd())):

@@ -5,13 +5,13 @@ import torch
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from pipeline.models import build_model
 from pipeline.packing import pack, unpack
-from pipeline.spec import ACC_LIMIT, FORMATS, ModelSpec
+from pipeline.spec import ACC_LIMIT, FORMATS
 from refimpl import kernels as K
 from refimpl.model import from_export, run
 from tests import naive
-from tests.strategies import EXPORTABLE, codes, conv_cases, fc_cases, formats, shiftnorm_inputs
+from tests.strategies import (EXPORTABLE, MODEL_SPECS, codes, conv_cases, fc_cases, formats, random_model,
+                              shiftnorm_inputs)
 
 FEW = settings(max_examples=30, deadline=None)
 
@@ -150,38 +150,14 @@ def test_argmax_ties_go_to_lowest_index(rows):
 
 
 # ---- whole models against the PyTorch integer reference -----------------------------------------
-MODELS = [
-    ModelSpec(kind="fc", image_size=16, widths=(24, 16), formats=("4bitsym",)),
-    ModelSpec(kind="fc", image_size=12, widths=(20, 16, 12), formats=("binary", "ternary", "2bitsym", "fp130"),
-              scaling="per_output"),
-    ModelSpec(kind="fc", image_size=8, widths=(16, 16), formats=("nf4", "4bit", "8bit"), scaling="per_output"),
-    ModelSpec(kind="fc", image_size=10, widths=(12, 12), formats=("binarybalanced", "4bitsym", "ternary"),
-              input_zero=0, num_classes=3),
-    ModelSpec(kind="cnn", image_size=16, cnn_channels=4, widths=(12,),
-              formats=("8bit", "8bit", "8bit", "2bitsym", "4bitsym"), scaling="per_output"),
-    ModelSpec(kind="cnn", image_size=13, cnn_channels=3, widths=(8, 8),
-              formats=("ternary", "fp130", "nf4", "4bit", "binary", "4bitsym"), scaling="per_output",
-              input_zero=127),
-    ModelSpec(kind="cnn", image_size=12, cnn_channels=5, widths=(6,), formats=("4bitsym",)),
-]
-
-
-def _random_model(spec: ModelSpec, seed: int):
-    torch.manual_seed(seed)
-    m = build_model(spec)
-    with torch.no_grad():                        # spread row scales so per-output shifts k differ
-        for layer in m.layers:
-            w = layer.weight
-            w.mul_(torch.exp2(torch.randint(-3, 4, (w.shape[0],)).to(w.dtype)).view(-1, *[1] * (w.dim() - 1)))
-    m.update_clipping(fresh=True)
-    return m
+MODELS = MODEL_SPECS
 
 
 @pytest.mark.parametrize("spec", MODELS, ids=[f"{s.kind}-{s.image_size}-{'-'.join(s.formats)}-{s.scaling}"
                                               for s in MODELS])
 def test_run_matches_int_eval(spec, monkeypatch):
     monkeypatch.setattr("refimpl.model.CHUNK", 7)                       # 26 images: 3 full chunks + 5
-    m = _random_model(spec, seed=len(spec.formats) * 31 + spec.image_size)
+    m = random_model(spec, seed=len(spec.formats) * 31 + spec.image_size)
     exp = m.export_model()
     n = spec.image_size
     rng = np.random.default_rng(spec.image_size)
@@ -202,7 +178,7 @@ def test_run_matches_int_eval(spec, monkeypatch):
 
 
 def test_run_validates_inputs():
-    m = _random_model(MODELS[0], 0)
+    m = random_model(MODELS[0], 0)
     model = from_export(m.export_model())
     ok = np.zeros((2, 16, 16), np.uint8)
     with pytest.raises(ValueError, match="pixels: must be uint8"):
