@@ -120,7 +120,6 @@ class Context:
     out: Path  # write outputs here (a temporary folder, published atomically)
     work: Path  # scratch that survives a crash, for resumable stages
     inputs: dict[str, Path]  # upstream stage -> verified entry folder
-    config_name: str
 
     def input(self, name: str) -> Path:
         return self.inputs[name]
@@ -137,7 +136,7 @@ def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str]
     def build(out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
         mod = importlib.import_module(stage.module)
-        ctx = Context(stage, StageConfig(stage, cfg), out, work, inputs, cfg.name)
+        ctx = Context(stage, StageConfig(stage, cfg), out, work, inputs)
         summary = dict(mod.run(ctx))
         summary.setdefault("stage", stage.name)
         summary["key"] = key
