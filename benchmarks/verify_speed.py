@@ -6,17 +6,13 @@ call each, so JIT compilation and library loading are not counted). Goal: numba 
 """
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from engine.build import load_library, run_c
 from pipeline import config
-from pipeline.export import load_packed, load_trained
 from pipeline.graph import Plan
 from pipeline.store import Store
-from pipeline.verify import torch_int
-from refimpl.model import run as run_numba
+from pipeline.verify import engines
 
 cfgs = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("cfg=")] or ["configs/default.yaml",
                                                                                "configs/cnn64.yaml"]
@@ -29,11 +25,8 @@ for path in cfgs:
         continue
     entry = {s: store.verify(s, plan.keys[s]) for s in ("data", "train", "export", "library")}
     pixels = np.load(entry["data"] / "test_images.npy")
-    model, packed = load_trained(entry["train"]), load_packed(entry["export"])
-    lib = load_library(next(Path(entry["library"]).rglob("*.so")))
     line = []
-    for name, fn in (("torch", lambda p: torch_int(model, p)), ("numba", lambda p: run_numba(packed, p)),
-                     ("c", lambda p: run_c(lib, p, trace=True))):
+    for name, fn in engines(entry["train"], entry["export"], entry["library"]).items():
         fn(pixels[:16])
         t0 = time.perf_counter()
         fn(pixels)

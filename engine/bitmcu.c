@@ -172,8 +172,19 @@ static int32_t bm__dot_fp130(const uint32_t *row, const int8_t *x, int32_t n)
 }
 #endif
 
+/* Two's complement fields of 4bit ([-8, 7]) and 8bit ([-128, 127]), written as a subtraction rather
+   than a cast (CONTRACT §10.6). Shared by the dot kernels and bm__decode_mul. */
+static inline int32_t bm__code_4bit(uint32_t f)
+{
+    return f >= 8u ? (int32_t)f - 16 : (int32_t)f;
+}
+
+static inline int32_t bm__code_8bit(uint32_t f)
+{
+    return f >= 128u ? (int32_t)f - 256 : (int32_t)f;
+}
+
 #if BM__HAS(BM_FMT_4BIT)
-/* two's complement field in [-8, 7] */
 static int32_t bm__dot_4bit(const uint32_t *row, const int8_t *x, int32_t n)
 {
     int32_t acc = 0;
@@ -182,9 +193,7 @@ static int32_t bm__dot_4bit(const uint32_t *row, const int8_t *x, int32_t n)
         int32_t left = n < 8 ? n : 8;
         n -= left;
         for (; left > 0; left--) {
-            int32_t c = (int32_t)(word & 15u);
-            c = c >= 8 ? c - 16 : c;
-            acc += c * (int32_t)*x++;
+            acc += bm__code_4bit(word & 15u) * (int32_t)*x++;
             word >>= 4;
         }
     }
@@ -193,7 +202,6 @@ static int32_t bm__dot_4bit(const uint32_t *row, const int8_t *x, int32_t n)
 #endif
 
 #if BM__HAS(BM_FMT_8BIT)
-/* two's complement field in [-128, 127] */
 static int32_t bm__dot_8bit(const uint32_t *row, const int8_t *x, int32_t n)
 {
     int32_t acc = 0;
@@ -202,9 +210,7 @@ static int32_t bm__dot_8bit(const uint32_t *row, const int8_t *x, int32_t n)
         int32_t left = n < 4 ? n : 4;
         n -= left;
         for (; left > 0; left--) {
-            int32_t c = (int32_t)(word & 255u);
-            c = c >= 128 ? c - 256 : c;
-            acc += c * (int32_t)*x++;
+            acc += bm__code_8bit(word & 255u) * (int32_t)*x++;
             word >>= 8;
         }
     }
@@ -256,17 +262,15 @@ static void bm__decode_mul(int32_t fmt, const uint32_t *row, int32_t n, int16_t 
         }
         left--;
         if (fmt == BM_FMT_8BIT) {
-            c = (int32_t)(word & 255u);
-            c = c >= 128 ? c - 256 : c;
+            c = bm__code_8bit(word & 255u);
             word >>= 8;
         } else {
-            c = (int32_t)(word & 15u);
 #if BM__HAS(BM_FMT_NF4)
             if (fmt == BM_FMT_NF4)
-                c = bm__nf4[c];
+                c = bm__nf4[word & 15u];
             else
 #endif
-                c = c >= 8 ? c - 16 : c;
+                c = bm__code_4bit(word & 15u);
             word >>= 4;
         }
         *w++ = (int16_t)c;

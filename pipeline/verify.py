@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +33,16 @@ def torch_int(model: torch.nn.Module, pixels: np.ndarray, batch: int = 1000) -> 
               for j, (name, _) in enumerate(parts[0].shifts)]
     logits = np.concatenate([p.logits.numpy() for p in parts])
     return dict(logits=logits, preds=logits.argmax(1), acts=acts, shifts=shifts)
+
+
+def engines(train_dir: Path, export_dir: Path, library_dir: Path) -> dict[str, Callable[[np.ndarray], dict]]:
+    """The three implementations of the contract, each mapping uint8 images [B,N,N] to a traced run."""
+    model = load_trained(train_dir)
+    packed = load_packed(export_dir)
+    lib = load_library(next(Path(library_dir).rglob("*.so")))
+    return {"torch": lambda p: torch_int(model, p),
+            "numba": lambda p: run_numba(packed, p),
+            "c": lambda p: run_c(lib, p, trace=True)}
 
 
 def compare(ref: dict[str, Any], other: dict[str, Any], ref_name: str, other_name: str) -> tuple[int, list[str]]:
@@ -61,15 +71,10 @@ def run(ctx) -> dict:
     data = ctx.input("data")
     pixels = np.load(data / "test_images.npy")
     labels = np.load(data / "test_labels.npy").astype(np.int64)
-    model = load_trained(ctx.input("train"))
-    packed = load_packed(ctx.input("export"))
-    so = next(Path(ctx.input("library")).rglob("*.so"))
     results, seconds = {}, {}
-    for name, fn in (("torch", lambda: torch_int(model, pixels)),
-                     ("numba", lambda: run_numba(packed, pixels)),
-                     ("c", lambda: run_c(load_library(so), pixels, trace=True))):
+    for name, fn in engines(ctx.input("train"), ctx.input("export"), ctx.input("library")).items():
         t0 = time.perf_counter()
-        results[name] = fn()
+        results[name] = fn(pixels)
         seconds[name] = round(time.perf_counter() - t0, 3)
         ctx.log(f"{name}: {len(pixels)} images in {seconds[name]:.2f} s")
     accuracy = {n: float((r["preds"] == labels).mean()) for n, r in results.items()}
