@@ -1,6 +1,9 @@
 """bitmcu task graph. Usage: doit [cfg=configs/NAME.yaml] [forget=STAGE] <tasks>; `doit list` shows them.
 
 The store lives in artifacts/ (or $BITMCU_ARTIFACTS, e.g. shared storage for a cluster).
+With a sweep file (cfg=configs/sweep_*.yaml, see pipeline/sweep.py) every stage task becomes a group of
+subtasks `<stage>:<run>`, one per run, and `doit sweep` (the default then) builds them all in parallel on
+the local cores and writes the Pareto table and plot.
 
 Every stage is built into the content-addressed store (pipeline/store.py) under a key derived from its
 code, its declared config keys and its inputs' keys, so it runs only when one of those changed.
@@ -11,56 +14,92 @@ from pathlib import Path
 
 from doit import get_var
 
-from pipeline import config
+from pipeline import config, sweep
 from pipeline.graph import STAGES, Plan
 from pipeline.store import Store
 
 ARTIFACTS = Path(os.environ.get("BITMCU_ARTIFACTS", "artifacts"))
 ARTIFACTS.mkdir(parents=True, exist_ok=True)  # doit opens its db there before any task runs
 
-DOIT_CONFIG = {
-    "default_tasks": [STAGES[-1].name],
-    "verbosity": 2,
-    "dep_file": str(ARTIFACTS / ".doit.db"),
-    "backend": "sqlite3",
-}
-
+CFG = get_var("cfg", "configs/default.yaml")
+SWEEP = None
 try:
-    PLAN = Plan.make(config.load(get_var("cfg", "configs/default.yaml")), Store(ARTIFACTS))
+    if sweep.is_sweep(CFG):
+        # parallel runs share the cores: one torch thread each unless the sweep file says otherwise
+        SWEEP = sweep.load(CFG, ARTIFACTS / "sweeps", tuple(s.name for s in STAGES))
+        PLANS = [Plan.make(c, Store(ARTIFACTS)) for c in SWEEP.runs]
+    else:
+        PLANS = [Plan.make(config.load(CFG), Store(ARTIFACTS))]
 except config.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
+DOIT_CONFIG = {
+    "default_tasks": ["sweep" if SWEEP else STAGES[-1].name],
+    "verbosity": 2,
+    "dep_file": str(ARTIFACTS / ".doit.db"),
+    "backend": "sqlite3",
+}
+if SWEEP:
+    DOIT_CONFIG["num_process"] = min(len(PLANS), os.cpu_count() or 1)
+
 for _name in filter(None, get_var("forget", "").split(",")):
-    if _name not in PLAN.keys:
-        print(f"error: forget={_name}: no such stage (allowed: {', '.join(PLAN.keys)})", file=sys.stderr)
+    if _name not in PLANS[0].keys:
+        print(f"error: forget={_name}: no such stage (allowed: {', '.join(PLANS[0].keys)})", file=sys.stderr)
         sys.exit(2)
-    PLAN.store.remove(_name, PLAN.keys[_name])
+    for _plan in PLANS:
+        _plan.store.remove(_name, _plan.keys[_name])
+
+
+def _tasks(name):
+    """One task for the stage, or with a sweep file one subtask per run."""
+    if SWEEP is None:
+        yield PLANS[0].task(name)
+    else:
+        for plan in PLANS:
+            yield plan.task(name, sub=True)
 
 
 def task_data():
-    return PLAN.task("data")
+    yield from _tasks("data")
 
 
 def task_train():
-    return PLAN.task("train")
+    yield from _tasks("train")
 
 
 def task_export():
-    return PLAN.task("export")
+    yield from _tasks("export")
 
 
 def task_library():
-    return PLAN.task("library")
+    yield from _tasks("library")
 
 
 def task_verify():
-    return PLAN.task("verify")
+    yield from _tasks("verify")
 
 
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():
-        removed = PLAN.store.gc()
+        removed = PLANS[0].store.gc()
         print(f"removed {len(removed)} entries" + "".join(f"\n  {p}" for p in removed))
     return {"actions": [gc], "uptodate": [False], "verbosity": 2}
+
+
+def task_sweep():
+    """Build every run of a sweep file (cfg=configs/sweep_*.yaml) in parallel, then its Pareto table and plot."""
+    if SWEEP is None:
+        def not_a_sweep():
+            print(f"error: cfg={CFG} is not a sweep file (it has no `sweep:` section; see pipeline/sweep.py "
+                  "and configs/sweep_small.yaml)", file=sys.stderr)
+            return False
+        return {"actions": [not_a_sweep], "uptodate": [False], "verbosity": 2}
+
+    def report():
+        rows = sweep.collect(SWEEP, ARTIFACTS)
+        files = sweep.write_report(SWEEP, rows, ARTIFACTS / "sweeps" / SWEEP.name)
+        print(files[1].read_text() + "".join(f"wrote {f}\n" for f in files), end="")
+    return {"actions": [report], "task_dep": [f"{SWEEP.stage}:{p.cfg.name}" for p in PLANS],
+            "uptodate": [False], "verbosity": 2}

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from pipeline.config import Config, UserError
+from pipeline.config import SCHEMA, Config, UserError
 from pipeline.spec import TRAIN_KEYS, TRAIN_RUNTIME_KEYS
 from pipeline.stage import Stage, run_stage, stage_key
 from pipeline.store import Store, StoreError
@@ -49,6 +49,13 @@ STAGES: tuple[Stage, ...] = (
         doc="Run PyTorch int-eval, numba and C on every test image; every layer must be identical",
         module="pipeline.verify",
         inputs=("data", "train", "export", "library"),
+    ),
+    Stage(
+        name="report",
+        doc="One self-contained HTML page of the run (report.html + PNG figures): curves, errors, codes, memory",
+        module="pipeline.report",
+        keys=tuple(k for k, v in SCHEMA.items() if not v.runtime),  # the page shows the whole config
+        inputs=("data", "train", "export", "verify"),
     ),
 )
 
@@ -120,13 +127,15 @@ class Plan:
         print(f"[{name}] stored {self.store.path(name, key)} (linked as {link})", flush=True)
         return None
 
-    def task(self, name: str) -> dict:
+    def task(self, name: str, sub: bool = False) -> dict:
+        """doit task dict for one stage; sub=True makes it the subtask `<stage>:<run>` of a sweep."""
         s = self.stage(name)
-        return {
-            "basename": name,
+        task = {
             "doc": s.doc,
             "actions": [(self.run, [name])],
             "uptodate": [lambda: self.up_to_date(name)],
-            "task_dep": list(s.inputs),
+            "task_dep": [f"{i}:{self.cfg.name}" if sub else i for i in s.inputs],
             "verbosity": 2,
         }
+        task.update({"name": self.cfg.name} if sub else {"basename": name})
+        return task

@@ -1,0 +1,108 @@
+"""Sweeps: expansion of a sweep file into run configs, its errors, and a parallel run over a shared store."""
+import csv
+
+import pytest
+import yaml
+
+from pipeline import config, sweep
+from pipeline.config import ConfigError
+from pipeline.graph import STAGES
+
+from .conftest import ROOT
+from .test_dodo import doit
+
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def write(tmp_path, text):
+    p = tmp_path / "sw.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_grid_then_runs_expand_in_order_with_shared_overrides(tmp_path):
+    p = write(tmp_path, f"""
+train: {{epochs: 3}}
+sweep:
+  base: {ROOT / 'configs/tiny.yaml'}
+  grid:
+    quant.formats: [4bitsym, ternary]
+    model.widths: [[16, 16], [32, 32]]
+  runs:
+    - {{quant.formats: fp130, train.epochs: 1}}
+""")
+    sw = sweep.load(p, tmp_path / "out", STAGE_NAMES)
+    assert [c.name for c in sw.runs] == [f"sw-{i:02d}" for i in range(5)]
+    assert [(c["quant.formats"], c["model.widths"]) for c in sw.runs[:4]] == [
+        (["4bitsym"], [16, 16]), (["4bitsym"], [32, 32]), (["ternary"], [16, 16]), (["ternary"], [32, 32])]
+    assert [c["train.epochs"] for c in sw.runs] == [3, 3, 3, 3, 1]
+    assert all(c["data.image_size"] == 8 and c["train.threads"] == 1 for c in sw.runs)  # from the base
+    for c in sw.runs:  # each run's file is a complete config that loads to the same values
+        again = config.load(c.path)
+        assert again.values == c.values and again.name == c.name
+    assert sw.stage == "verify"
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("sweep: {grid: {quant.format: [4bitsym]}}", "quant.format: unknown key (did you mean quant.formats?)"),
+    ("sweep: {grid: {quant.formats: 4bitsym}}", "sweep.grid: must map dotted config keys to non-empty lists"),
+    ("sweep: {stage: deploy, grid: {quant.formats: [4bitsym]}}", "sweep.stage: unknown stage 'deploy'"),
+    ("sweep: {}", "sweep: has no runs"),
+    ("sweep: {grids: {}}", "sweep.grids: unknown key (allowed: base, stage, grid, runs)"),
+    ("sweep: {grid: {quant.formats: [bogus]}}", "quant.formats: unknown value 'bogus'"),
+    ("sweep: {runs: [{train.epochs: 0}]}", "train.epochs: 0 is out of range"),
+])
+def test_bad_sweep_files_name_the_problem(tmp_path, body, expected):
+    with pytest.raises(ConfigError, match=None) as e:
+        sweep.load(write(tmp_path, body), tmp_path / "out", STAGE_NAMES)
+    assert expected in str(e.value)
+
+
+def test_pareto_front():
+    rows = [dict(run="a", flash_bytes=100, accuracy=0.90), dict(run="b", flash_bytes=200, accuracy=0.95),
+            dict(run="c", flash_bytes=250, accuracy=0.94), dict(run="d", flash_bytes=100, accuracy=0.80),
+            dict(run="e", flash_bytes=300, accuracy=0.97)]
+    assert sweep.pareto(rows) == {"a", "b", "e"}
+
+
+def test_not_a_sweep_file(tmp_path):
+    r = doit(tmp_path, f"cfg={ROOT / 'configs/tiny.yaml'}", "sweep")
+    assert r.returncode != 0 and "is not a sweep file" in r.stderr
+
+
+@pytest.mark.slow
+def test_parallel_sweep_shares_the_store_and_resumes(tmp_path, mnist_dir):
+    p = write(tmp_path, f"""
+train: {{epochs: 1, train_limit: 256}}
+sweep:
+  base: {ROOT / 'configs/tiny.yaml'}
+  grid:
+    quant.formats: [4bitsym, 2bitsym]
+""")
+    store = tmp_path / "artifacts"
+    r = doit(store, f"cfg={p}", "-n", "2", "sweep")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list((store / "store" / "data").iterdir())) == 1  # same key in both runs: built once
+    for run in ("sw-00", "sw-01"):
+        assert (store / "runs" / run / "verify" / "summary.json").is_file()
+    with open(store / "sweeps" / "sw" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == ["sw-00", "sw-01"] and all(r["verified"] == "True" for r in rows)
+    assert (store / "sweeps" / "sw" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    again = doit(store, f"cfg={p}", "sweep")  # everything is in the store: nothing is rebuilt
+    assert again.returncode == 0 and "] stored" not in again.stdout and "sw-01" in again.stdout
+
+
+def test_module_lists_run_configs_for_other_schedulers(tmp_path):
+    import subprocess
+    import sys
+    p = write(tmp_path, f"sweep: {{base: {ROOT / 'configs/tiny.yaml'}, grid: {{train.seed: [1, 2]}}}}")
+    env = {"BITMCU_ARTIFACTS": str(tmp_path / "a"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(p)], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    paths = r.stdout.split()
+    assert [config.load(x)["train.seed"] for x in paths] == [1, 2]
+    bad = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(ROOT / "configs/tiny.yaml")], cwd=ROOT,
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a sweep file" in bad.stderr
