@@ -2,6 +2,8 @@
 
    Each format has a row dot product bm__dot_<fmt>(row, x, n) = sum_{j < n} w_j * x[j] that decodes
    the packed row (CONTRACT §9) one word at a time, first code in the least significant bits.
+   bm_fc uses them with BM_CFG_KERNELS 0; by default it uses the column-table kernels of the "fast
+   fully connected kernels" section (bitmcu.h, FAST FC KERNELS). bm_conv3x3 always uses them.
    The multiplier-free formats use add, subtract and shift only: no '*', '/' or '%' on a variable,
    and index arithmetic walks running pointers, so that RV32EC code has no mul/div and calls no
    __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add).
@@ -361,6 +363,374 @@ static int32_t bm__out_shift(int32_t acc, uint32_t k, int32_t relu)
     return acc >= 0 ? acc << k : -((-acc) << k);
 }
 
+#if BM_CFG_KERNELS == 1
+/* ---- fast fully connected kernels (bitmcu.h, FAST FC KERNELS) -------------------------------------
+   bm_fc walks the packed layer one block of BM_CFG_FC_WORDS word columns at a time: it builds the
+   block's tables from the block's inputs, then adds each row's words of that block into out[o]
+   through the tables. Only the rows kernels (bm__rows_*, per weight) and the table builders
+   (bm__tab_*, per input) are hot; bm__columns runs once per column. */
+
+#define BM__NIB_FMTS (BM_FMT_BIT(BM_FMT_BINARY) | BM_FMT_BIT(BM_FMT_BINARYBALANCED) |                   \
+                      BM_FMT_BIT(BM_FMT_2BITSYM) | BM_FMT_BIT(BM_FMT_4BITSYM) | BM_FMT_BIT(BM_FMT_FP130) | \
+                      BM_FMT_BIT(BM_FMT_4BIT) | BM_FMT_BIT(BM_FMT_NF4))
+#define BM__HAS_NIB (((BM_CFG_FORMATS) & BM__NIB_FMTS) != 0u)
+#define BM__HAS_COLS (BM__HAS_NIB || BM__HAS(BM_FMT_TERNARY))
+
+/* The hot loops stay functions of their own, never inlined into bm__columns, so that a firmware
+   can place just them in SRAM by name (bm__rows_*, bm__tab_*, bm__fc_8bit). */
+#ifdef __GNUC__
+#define BM__HOT __attribute__((noinline))
+#else
+#define BM__HOT
+#endif
+
+#if BM__HAS_COLS
+#define BM__TAB_WORD 128        /* int16 per word column: 8 fields x 16 values, or 4 bytes x 32 masks */
+#define BM__MAX_PER_WORD 32     /* codes per word of the column formats (binary) */
+
+/* Fills the BM__TAB_WORD entries of one word column from the column's inputs x (all of them: zero
+   padded past n_in by the caller). */
+typedef void (*bm__tab_fn)(const int8_t *x, int16_t *t);
+
+/* Adds row o's word of the column (w, then every stride words) into acc[o], for acc .. end - 1. */
+typedef void (*bm__rows_fn)(const uint32_t *w, uint32_t stride, int32_t *acc, const int32_t *end,
+                            const int16_t *t);
+
+/* The int16 at byte offset off of t: the row kernels turn a field into a byte offset with one shift
+   and one mask, and the field position goes into the load's constant offset. */
+static inline int32_t bm__at(const int16_t *t, uint32_t off)
+{
+    return *(const int16_t *)(const void *)((const uint8_t *)t + off);
+}
+
+/* t[m] = a and t[m + 8] = -a: the two signs of a sign-magnitude field (bit 3 = sign). */
+#define BM__PAIR(t, m, a) ((t)[m] = (int16_t)(a), (t)[(m) + 8] = (int16_t)-(a))
+#endif
+
+#if BM__HAS_NIB
+/* a += the 8 four-bit fields of word v: field p adds t[16 p + field] (byte offset 32 p + 2 field).
+   A macro, so that -Os cannot turn it into a call per word. */
+#define BM__NIB8(a, t, v)                                                                          \
+    ((a) += bm__at(t, ((v) << 1) & 0x1Eu) + bm__at((t) + 16, ((v) >> 3) & 0x1Eu) +                 \
+            bm__at((t) + 32, ((v) >> 7) & 0x1Eu) + bm__at((t) + 48, ((v) >> 11) & 0x1Eu) +          \
+            bm__at((t) + 64, ((v) >> 15) & 0x1Eu) + bm__at((t) + 80, ((v) >> 19) & 0x1Eu) +         \
+            bm__at((t) + 96, ((v) >> 23) & 0x1Eu) + bm__at((t) + 112, ((v) >> 27) & 0x1Eu))
+
+/* one word column of four-bit fields */
+BM__HOT static void bm__rows_nib(const uint32_t *w, uint32_t stride, int32_t *acc, const int32_t *end,
+                                 const int16_t *t)
+{
+    do {
+        uint32_t v = *w;
+        int32_t a = *acc;
+        BM__NIB8(a, t, v);
+        *acc++ = a;
+        w += stride;
+    } while (acc != end);
+}
+
+#if BM_CFG_FC_WORDS == 2
+/* two word columns (tables t and t + BM__TAB_WORD): one accumulator load and store per 16 fields */
+BM__HOT static void bm__rows_nib2(const uint32_t *w, uint32_t stride, int32_t *acc, const int32_t *end,
+                                  const int16_t *t)
+{
+    do {
+        uint32_t v = w[0], u = w[1];
+        int32_t a = *acc;
+        BM__NIB8(a, t, v);
+        BM__NIB8(a, t + BM__TAB_WORD, u);
+        *acc++ = a;
+        w += stride;
+    } while (acc != end);
+}
+#endif
+#endif
+
+#if BM__HAS(BM_FMT_4BITSYM)
+/* field s m: +-(2m+1) x, the odd multiples by adding 2x */
+BM__HOT static void bm__tab_4bitsym(const int8_t *x, int16_t *t)
+{
+    int32_t p;
+    for (p = 0; p < 8; p++, t += 16) {
+        int32_t a = *x++, d = a + a;
+        BM__PAIR(t, 0, a); a += d;
+        BM__PAIR(t, 1, a); a += d;
+        BM__PAIR(t, 2, a); a += d;
+        BM__PAIR(t, 3, a); a += d;
+        BM__PAIR(t, 4, a); a += d;
+        BM__PAIR(t, 5, a); a += d;
+        BM__PAIR(t, 6, a); a += d;
+        BM__PAIR(t, 7, a);
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_FP130)
+/* field s e: +-2^e x, by doubling (an addition: x may be negative) */
+BM__HOT static void bm__tab_fp130(const int8_t *x, int16_t *t)
+{
+    int32_t p;
+    for (p = 0; p < 8; p++, t += 16) {
+        int32_t a = *x++;
+        BM__PAIR(t, 0, a); a += a;
+        BM__PAIR(t, 1, a); a += a;
+        BM__PAIR(t, 2, a); a += a;
+        BM__PAIR(t, 3, a); a += a;
+        BM__PAIR(t, 4, a); a += a;
+        BM__PAIR(t, 5, a); a += a;
+        BM__PAIR(t, 6, a); a += a;
+        BM__PAIR(t, 7, a);
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_2BITSYM)
+/* Field p holds inputs 2p (bits 0-1) and 2p+1 (bits 2-3); a 2-bit field f is +1, +3, -1, -3 for
+   f = 0..3, so t[4 f1 + f0] = c(f0) x0 + c(f1) x1. */
+BM__HOT static void bm__tab_2bitsym(const int8_t *x, int16_t *t)
+{
+    int32_t p;
+    for (p = 0; p < 8; p++, x += 2) {
+        int32_t v = x[0], v3 = v + v + v, h = x[1], h3 = h + h + h, j;
+        int32_t hi[4];
+        hi[0] = h;
+        hi[1] = h3;
+        hi[2] = -h;
+        hi[3] = -h3;
+        for (j = 0; j < 4; j++, t += 4) {
+            int32_t b = hi[j];
+            t[0] = (int16_t)(b + v);
+            t[1] = (int16_t)(b + v3);
+            t[2] = (int16_t)(b - v);
+            t[3] = (int16_t)(b - v3);
+        }
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_BINARY) || BM__HAS(BM_FMT_BINARYBALANCED)
+/* Field p holds inputs 4p .. 4p+3, bit k set: +x[4p+k], clear: -x[4p+k]. */
+BM__HOT static void bm__tab_binary(const int8_t *x, int16_t *t)
+{
+    int32_t p;
+    for (p = 0; p < 8; p++, x += 4) {
+        int32_t e0 = x[0] + x[0], e1 = x[1] + x[1], e2 = x[2] + x[2], e3 = x[3] + x[3], j;
+        int32_t c0 = -(x[0] + x[1] + x[2] + x[3]), c1 = c0 + e0, c2 = c0 + e1, c3 = c1 + e1;
+        int32_t hi[4];
+        hi[0] = 0;
+        hi[1] = e2;
+        hi[2] = e3;
+        hi[3] = e2 + e3;
+        for (j = 0; j < 4; j++, t += 4) {
+            int32_t b = hi[j];
+            t[0] = (int16_t)(c0 + b);
+            t[1] = (int16_t)(c1 + b);
+            t[2] = (int16_t)(c2 + b);
+            t[3] = (int16_t)(c3 + b);
+        }
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_4BIT)
+/* two's complement field f: (f < 8 ? f : f - 16) x, by adding x */
+BM__HOT static void bm__tab_4bit(const int8_t *x, int16_t *t)
+{
+    int32_t p, m;
+    for (p = 0; p < 8; p++, t += 16) {
+        int32_t v = *x++, a = 0, b;
+        for (m = 0; m < 8; m++, a += v)
+            t[m] = (int16_t)a;
+        b = -a;                                /* -8 x */
+        for (m = 8; m < 16; m++, b += v)
+            t[m] = (int16_t)b;
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_NF4)
+static const int8_t bm__nf4_levels[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
+                                          10, 20, 31, 43, 56, 71, 92, 127};
+
+/* index f: NF4[f] x (a multiply format: 16 products per input) */
+BM__HOT static void bm__tab_nf4(const int8_t *x, int16_t *t)
+{
+    int32_t p, m;
+    for (p = 0; p < 8; p++, t += 16) {
+        int32_t v = *x++;
+        for (m = 0; m < 16; m++)
+            t[m] = (int16_t)(bm__nf4_levels[m] * v);
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_TERNARY)
+/* Byte b of 5 trits -> (mask of its +1 digits) << 1 | (mask of its -1 digits) << 7: byte offsets
+   (x2) into a 32-entry int16 table of subset sums. Bytes 243..255 do not occur in a packed row. */
+#define BM__TD(b, d) (((b) / (d)) % 3)
+#define BM__TM(b, v) ((BM__TD(b, 1) == (v)) | (BM__TD(b, 3) == (v)) << 1 | (BM__TD(b, 9) == (v)) << 2 | \
+                      (BM__TD(b, 27) == (v)) << 3 | (BM__TD(b, 81) == (v)) << 4)
+#define BM__TE(b) (uint16_t)(BM__TM(b, 1) << 1 | BM__TM(b, 2) << 7)
+#define BM__T4(b) BM__TE(b), BM__TE((b) + 1), BM__TE((b) + 2), BM__TE((b) + 3)
+#define BM__T16(b) BM__T4(b), BM__T4((b) + 4), BM__T4((b) + 8), BM__T4((b) + 12)
+#define BM__T64(b) BM__T16(b), BM__T16((b) + 16), BM__T16((b) + 32), BM__T16((b) + 48)
+static const uint16_t bm__trits[256] = {BM__T64(0), BM__T64(64), BM__T64(128), BM__T64(192)};
+
+/* Byte j holds inputs 5j .. 5j+4; t[32 j + mask] = sum of those inputs over the bits of mask. */
+BM__HOT static void bm__tab_ternary(const int8_t *x, int16_t *t)
+{
+    int32_t j, k, i;
+    for (j = 0; j < 4; j++, t += 32) {
+        int32_t n = 1;
+        t[0] = 0;
+        for (k = 0; k < 5; k++, n += n) {
+            int32_t v = *x++;
+            for (i = 0; i < n; i++)
+                t[n + i] = (int16_t)(t[i] + v);
+        }
+    }
+}
+
+/* one byte: + (sum over its +1 inputs) - (sum over its -1 inputs) */
+#define BM__TERN(t, byte) (e = bm__trits[byte], bm__at(t, e & 0x3Eu) - bm__at(t, e >> 6))
+
+BM__HOT static void bm__rows_ternary(const uint32_t *w, uint32_t stride, int32_t *acc, const int32_t *end,
+                                     const int16_t *t)
+{
+    do {
+        uint32_t v = *w, e;
+        int32_t a = *acc;
+        a += BM__TERN(t, v & 255u);
+        a += BM__TERN(t + 32, (v >> 8) & 255u);
+        a += BM__TERN(t + 64, (v >> 16) & 255u);
+        a += BM__TERN(t + 96, v >> 24);
+        *acc++ = a;
+        w += stride;
+    } while (acc != end);
+}
+#endif
+
+#if BM__HAS_COLS
+/* out[o] = sum_i x[i] w[o][i] (CONTRACT §3, before the shift) for a compiled-in format other than
+   8bit; any other fmt leaves out alone. */
+static void bm__columns(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words,
+                           int32_t fmt, int32_t n_out, int32_t *out)
+{
+    int16_t tab[BM__TAB_WORD * BM_CFG_FC_WORDS];
+    int8_t pad[BM__MAX_PER_WORD];
+    bm__tab_fn build;
+    bm__rows_fn rows = NULL;
+    int32_t *end = out + n_out, *o;
+    int32_t per = (int32_t)bm__codes_per_word(fmt);
+    switch (fmt) {
+#if BM__HAS(BM_FMT_BINARY)
+    case BM_FMT_BINARY:
+        build = bm__tab_binary;
+        break;
+#endif
+#if BM__HAS(BM_FMT_BINARYBALANCED)
+    case BM_FMT_BINARYBALANCED:
+        build = bm__tab_binary;
+        break;
+#endif
+#if BM__HAS(BM_FMT_2BITSYM)
+    case BM_FMT_2BITSYM:
+        build = bm__tab_2bitsym;
+        break;
+#endif
+#if BM__HAS(BM_FMT_4BITSYM)
+    case BM_FMT_4BITSYM:
+        build = bm__tab_4bitsym;
+        break;
+#endif
+#if BM__HAS(BM_FMT_FP130)
+    case BM_FMT_FP130:
+        build = bm__tab_fp130;
+        break;
+#endif
+#if BM__HAS(BM_FMT_4BIT)
+    case BM_FMT_4BIT:
+        build = bm__tab_4bit;
+        break;
+#endif
+#if BM__HAS(BM_FMT_NF4)
+    case BM_FMT_NF4:
+        build = bm__tab_nf4;
+        break;
+#endif
+#if BM__HAS(BM_FMT_TERNARY)
+    case BM_FMT_TERNARY:
+        build = bm__tab_ternary;
+        rows = bm__rows_ternary;
+        break;
+#endif
+    default:
+        return;
+    }
+#if BM__HAS_NIB
+    if (rows == NULL)
+        rows = bm__rows_nib;
+#endif
+    for (o = out; o != end; o++)
+        *o = 0;
+#if BM_CFG_FC_WORDS == 2 && BM__HAS_NIB
+    if (rows == bm__rows_nib)
+        for (; n_in >= per + per; n_in -= per + per, x += per + per, words += 2) {
+            build(x, tab);
+            build(x + per, tab + BM__TAB_WORD);
+            bm__rows_nib2(words, (uint32_t)row_words, out, end, tab);
+        }
+#endif
+    for (; n_in >= per; n_in -= per, x += per, words++) {
+        build(x, tab);
+        rows(words, (uint32_t)row_words, out, end, tab);
+    }
+    if (n_in > 0) {                            /* the last, partial column: inputs past n_in are 0 */
+        int32_t i;
+        for (i = 0; i < per; i++)
+            pad[i] = i < n_in ? x[i] : 0;
+        build(pad, tab);
+        rows(words, (uint32_t)row_words, out, end, tab);
+    }
+}
+#endif
+
+#if BM__HAS(BM_FMT_8BIT)
+/* 8bit: out[o] = sum_i x[i] w[o][i], a word (4 codes) at a time. With u = field ^ 0x80 in [0, 255]
+   the code is u - 128, so the sum is sum(u x) - 128 sum(x): no sign extension per code. The uint32
+   sums wrap, and the result, which the contract bounds to int32, is recovered exactly. */
+BM__HOT static void bm__fc_8bit(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words,
+                                int32_t n_out, int32_t *out)
+{
+    int32_t full = n_in >> 2, rest = n_in & 3, j;
+    uint32_t bias = 0;
+    for (j = 0; j < (full << 2); j++)
+        bias += (uint32_t)(int32_t)x[j];
+    bias <<= 7;
+    for (; n_out > 0; n_out--, words += row_words) {
+        const uint32_t *w = words;
+        const int8_t *xp = x;
+        uint32_t u = 0u - bias;
+        int32_t i, acc;
+        for (i = full; i > 0; i--) {
+            uint32_t v = *w++ ^ 0x80808080u;
+            u += (v & 255u) * (uint32_t)(int32_t)*xp++;
+            u += ((v >> 8) & 255u) * (uint32_t)(int32_t)*xp++;
+            u += ((v >> 16) & 255u) * (uint32_t)(int32_t)*xp++;
+            u += (v >> 24) * (uint32_t)(int32_t)*xp++;
+        }
+        acc = u <= 0x7FFFFFFFu ? (int32_t)u : -(int32_t)~u - 1;
+        if (rest > 0) {
+            uint32_t v = *w;
+            for (i = rest; i > 0; i--, v >>= 8)
+                acc += bm__code_8bit(v & 255u) * (int32_t)*xp++;
+        }
+        *out++ = acc;
+    }
+}
+#endif
+#endif /* BM_CFG_KERNELS == 1 */
+
 /* ---- kernels ------------------------------------------------------------------------------------------ */
 
 bm_status bm_input(const uint8_t *pixels, int32_t n, int32_t zero, int8_t *out)
@@ -384,11 +754,29 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     st = bm__check_rows(fmt, n_in, row_words, out_shifts, n_out);
     if (st != BM_OK)
         return st;
+#if BM_CFG_KERNELS == 1
+#if BM__HAS(BM_FMT_8BIT)
+    if (fmt == BM_FMT_8BIT)
+        bm__fc_8bit(x, n_in, words, row_words, n_out, out);
+    else
+#endif
+    {
+#if BM__HAS_COLS
+        bm__columns(x, n_in, words, row_words, fmt, n_out, out);    /* every other format */
+#endif
+    }
+    for (; n_out > 0; n_out--, out++) {        /* out holds the sums: CONTRACT §3's shift */
+        int32_t a = *out;
+        uint32_t k = out_shifts != NULL ? *out_shifts++ : 0u;
+        *out = relu ? (a > 0 ? a << k : 0) : bm__out_shift(a, k, 0);
+    }
+#else
     for (; n_out > 0; n_out--) {
         uint32_t k = out_shifts != NULL ? *out_shifts++ : 0u;
         *out++ = bm__out_shift(dot(words, x, n_in), k, relu);
         words += row_words;
     }
+#endif
     return BM_OK;
 }
 
@@ -513,23 +901,43 @@ bm_status bm_maxpool2(const int32_t *y, int32_t c, int32_t h, int32_t w, int32_t
     return BM_OK;
 }
 
-int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out)
+/* max(0, y[0], ..., y[n-1]): ShiftNorm's M (CONTRACT §4). */
+static int32_t bm__max0(const int32_t *y, uint32_t n)
 {
-    const int32_t *p = y;
-    int32_t m = 0, s = 0, half, i;
-    if (y == NULL || out == NULL || n < 0)
-        return BM_ERR_ARG;
-    for (i = 0; i < n; i++, p++)
-        if (*p > m)
-            m = *p;
-    while ((m >> s) > 127)
+    int32_t m = 0;
+    for (; n > 0u; n--, y++)
+        if (*y > m)
+            m = *y;
+    return m;
+}
+
+/* The smallest s >= 0 with (m >> s) <= top, for m >= 0 (top 127: ShiftNorm's s). */
+static int32_t bm__shift_to(int32_t m, int32_t top)
+{
+    int32_t s = 0;
+    while ((m >> s) > top)
         s++;
-    half = (((int32_t)1) << s) >> 1;
-    for (i = 0; i < n; i++) {
+    return s;
+}
+
+/* ShiftNorm's output for a known shift s in [0, 24]: min((max(y, 0) + ((1 << s) >> 1)) >> s, 127). */
+static void bm__requant(const int32_t *y, uint32_t n, int32_t s, int8_t *out)
+{
+    int32_t half = (((int32_t)1) << s) >> 1;
+    for (; n > 0u; n--) {
         int32_t v = *y++;
         v = ((v > 0 ? v : 0) + half) >> s;
         *out++ = (int8_t)(v < 127 ? v : 127);
     }
+}
+
+int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out)
+{
+    int32_t s;
+    if (y == NULL || out == NULL || n < 0)
+        return BM_ERR_ARG;
+    s = bm__shift_to(bm__max0(y, (uint32_t)n), 127);
+    bm__requant(y, (uint32_t)n, s, out);
     return s;
 }
 
@@ -551,6 +959,134 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
     for (; n > 0u; n--)
         *dst++ = *src++;
 }
+
+#if BM_CFG_CNN
+/* ---- CNN streaming (CONTRACT §6, "Streaming") ---------------------------------------------------------
+   The conv layers run one channel at a time through all of them, so only one channel's maps are held:
+   m->acc one conv output (int32), m->chan one requantized map (the next layer's input), m->act x0.
+   m->feat holds, after C*H*W cached values of the last conv layer, C exponents and two bytes per conv
+   layer: the shifts used (kept from run to run as the next run's guesses) and the shifts measured. */
+
+/* Conv layer lay on channel c alone: x, that channel's [in_h][in_w] input map (conv1: x0) -> m->acc,
+   [out_h][out_w] int32 after ReLU, << k[c] and the optional pool. */
+static bm_status bm__conv_channel(const bm_model *m, const bm_layer *lay, const int8_t *x, uint32_t c)
+{
+    bm_status st = bm_conv3x3(x, 1, lay->in_h, lay->in_w, lay->words + bm__umul(c, lay->row_words),
+                              lay->row_words, lay->format, 1, 1,
+                              lay->out_shifts != NULL ? lay->out_shifts + c : NULL, 1, m->acc);
+    if (st == BM_OK && lay->pool)
+        st = bm_maxpool2(m->acc, 1, lay->in_h - 2, lay->in_w - 2, m->acc);
+    return st;
+}
+
+/* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input), then depthwise
+   C -> C layers, each on the map the previous one gives, and must fit m's buffers (engine/header.py
+   `layout`). Returns the C*H*W features of the last one, or 0 when they do not. */
+static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_t n)
+{
+    uint32_t ch = lay->n_out, h = lay->in_h, w = lay->in_w, plane = 0u, j;
+    if (ch < 1u || bm__umul(h, w) != m->n_pixels || m->feat == NULL || (n > 1u && m->chan == NULL))
+        return 0u;
+    for (j = 0; j < n; j++, lay++) {
+        uint32_t in_c = j == 0u ? 1u : ch;
+        if (lay->op != (j == 0u ? BM_OP_CONV : BM_OP_DWCONV) || lay->in_c != in_c || lay->groups != in_c ||
+            lay->n_out != ch || lay->in_h != h || lay->in_w != w || h < 3u || w < 3u ||
+            bm__umul(h - 2u, w - 2u) > m->acc_words)
+            return 0u;
+        h = lay->pool ? (h - 2u) >> 1 : h - 2u;
+        w = lay->pool ? (w - 2u) >> 1 : w - 2u;
+        if (lay->out_h != h || lay->out_w != w || h < 1u || w < 1u)
+            return 0u;
+        plane = bm__umul(h, w);
+        if (j + 1u < n && plane > m->chan_bytes)
+            return 0u;
+    }
+    plane = bm__umul(ch, plane);
+    return plane <= m->act_bytes && plane + ch + n + n <= m->feat_bytes ? plane : 0u;
+}
+
+/* The conv layers lay[0..n) (checked by bm__cnn_features, giving feats) on x0 in m->act; leaves the
+   last one's requantized features in m->act and advances the trace pointers (NULL: no trace).
+   A pass takes every channel through all n layers, requantizing layer j < n-1 with a guess of its
+   shift, and measures every layer's true shift. When every guess equals its measure the pass was
+   exact and is the last; otherwise the first wrong guess is replaced by its measure (exact, as every
+   layer before it was) and the pass repeats: at most n passes. The trace gets each pass's maps, so
+   the last pass's stand. */
+static bm_status bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats,
+                             int8_t **t_acts, int32_t **t_shifts)
+{
+    uint32_t ch = first->n_out, plane = 0u, c, j;
+    uint8_t *cache = m->feat, *exps = cache + feats, *guess = exps + ch, *meas = guess + n;
+    const uint8_t *v;
+    int8_t *o, *t;
+    for (j = 0; j < n; j++)
+        if (guess[j] > 24u)               /* ShiftNorm's s is at most 24 (CONTRACT §4) */
+            guess[j] = 0;
+    for (;;) {
+        uint8_t *f = cache;
+        for (j = 0; j < n; j++)
+            meas[j] = 0;
+        for (c = 0; c < ch; c++) {
+            const bm_layer *lay = first;
+            const int8_t *x = m->act;
+            int8_t *tl = *t_acts;         /* layer j's trace: ch maps of plane values, channel-major */
+            for (j = 0; j < n; j++, lay++) {
+                int32_t top, s;
+                bm_status st = bm__conv_channel(m, lay, x, c);
+                if (st != BM_OK)
+                    return st;
+                plane = bm__umul(lay->out_h, lay->out_w);
+                top = bm__max0(m->acc, plane);
+                s = bm__shift_to(top, 127);
+                if (s > meas[j])
+                    meas[j] = (uint8_t)s;
+                if (j + 1u < n) {
+                    bm__requant(m->acc, plane, guess[j], m->chan);
+                    if (tl != NULL) {
+                        bm__copy_i8(m->chan, plane, tl + bm__umul(c, plane));
+                        tl += bm__umul(ch, plane);
+                    }
+                    x = m->chan;
+                } else {                  /* the last layer: 8 bits y >> a until its shift is known */
+                    const int32_t *y = m->acc;
+                    int32_t a = bm__shift_to(top, 255);
+                    uint32_t i;
+                    exps[c] = (uint8_t)a;
+                    for (i = plane; i > 0u; i--)
+                        *f++ = (uint8_t)(*y++ >> a);
+                }
+            }
+        }
+        for (j = 0; j + 1u < n && meas[j] == guess[j]; j++)
+            ;
+        if (j + 1u >= n)
+            break;
+        guess[j] = meas[j];
+    }
+    guess[n - 1u] = meas[n - 1u];
+    /* ShiftNorm of the last layer with s = meas[n-1] from y >> a: a < s whenever a > 0, so
+       (v + ((1 << (s-a)) >> 1)) >> (s-a) equals (y + ((1 << s) >> 1)) >> s. x0 is dead now. */
+    for (c = 0, v = cache, o = m->act; c < ch; c++, v += plane, o += plane) {
+        int32_t d = (int32_t)meas[n - 1u] - (int32_t)exps[c], half = (((int32_t)1) << d) >> 1;
+        uint32_t i;
+        for (i = 0; i < plane; i++) {
+            int32_t q = ((int32_t)v[i] + half) >> d;
+            o[i] = (int8_t)(q < 127 ? q : 127);
+        }
+    }
+    t = *t_acts;
+    if (t != NULL) {
+        const bm_layer *lay = first;
+        for (j = 0; j + 1u < n; j++, lay++)
+            t += bm__umul(ch, bm__umul(lay->out_h, lay->out_w));
+        bm__copy_i8(m->act, feats, t);
+        *t_acts = t + feats;
+        for (j = 0; j < n; j++)
+            *(*t_shifts)++ = guess[j];
+    }
+    return BM_OK;
+}
+#endif /* BM_CFG_CNN */
 
 bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int32_t *logits_out)
 {
@@ -579,43 +1115,34 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
         bm__copy_i8(m->act, len, t_acts);
         t_acts += len;
     }
-    for (lay = m->layers; lay != last; lay++) {
-        uint32_t acc_len, out_len, in_len;
-        int32_t s;
-        if (lay->op == BM_OP_FC) {
-            in_len = lay->n_in;
-            acc_len = out_len = lay->n_out;
-        } else if (lay->op == BM_OP_CONV || lay->op == BM_OP_DWCONV) {
-            uint32_t ho = (uint32_t)lay->in_h - 2u, wo = (uint32_t)lay->in_w - 2u;
-            if (lay->in_h < 3 || lay->in_w < 3)
-                return BM_ERR_ARG;
-            in_len = bm__umul(bm__umul(lay->in_c, lay->in_h), lay->in_w);
-            acc_len = bm__umul(bm__umul(lay->n_out, ho), wo);
-            if (lay->pool) {
-                ho >>= 1;
-                wo >>= 1;
-            }
-            if (lay->out_h != ho || lay->out_w != wo)
-                return BM_ERR_ARG;
-            out_len = bm__umul(bm__umul(lay->n_out, ho), wo);
-        } else {
+    lay = m->layers;
+    if (lay->op != BM_OP_FC) {                /* a CNN: its conv layers stream channel by channel */
+#if BM_CFG_CNN
+        const bm_layer *end = lay;
+        uint32_t n = 0;
+        for (; end != last && end->op != BM_OP_FC; end++)
+            n++;
+        len = bm__cnn_features(m, lay, n);
+        if (len == 0u)
             return BM_ERR_ARG;
-        }
-        if (in_len != len || acc_len > m->acc_words || out_len > m->act_bytes)
-            return BM_ERR_ARG;
-        if (lay->op == BM_OP_FC) {
-            st = bm_fc(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out,
-                       lay->out_shifts, 1, m->acc);
-        } else {
-            st = bm_conv3x3(m->act, lay->in_c, lay->in_h, lay->in_w, lay->words, lay->row_words,
-                            lay->format, lay->n_out, lay->groups, lay->out_shifts, 1, m->acc);
-            if (st == BM_OK && lay->pool)
-                st = bm_maxpool2(m->acc, lay->n_out, lay->in_h - 2, lay->in_w - 2, m->acc);
-        }
+        st = bm__run_cnn(m, lay, n, len, &t_acts, &t_shifts);
         if (st != BM_OK)
             return st;
-        s = bm_shiftnorm(m->acc, (int32_t)out_len, m->act);   /* the input map is no longer needed */
-        len = out_len;
+        lay = end;
+#else
+        return BM_ERR_ARG;                    /* built with BM_CFG_CNN 0 */
+#endif
+    }
+    for (; lay != last; lay++) {
+        int32_t s;
+        if (lay->op != BM_OP_FC || lay->n_in != len || lay->n_out > m->acc_words || lay->n_out > m->act_bytes)
+            return BM_ERR_ARG;
+        st = bm_fc(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts, 1,
+                   m->acc);
+        if (st != BM_OK)
+            return st;
+        s = bm_shiftnorm(m->acc, lay->n_out, m->act);   /* the input is no longer needed */
+        len = lay->n_out;
         if (t_acts != NULL) {
             bm__copy_i8(m->act, len, t_acts);
             t_acts += len;

@@ -19,8 +19,40 @@
      BM_CFG_NO_MULTIPLY   when defined, selecting 4bit, 8bit or nf4 is a compile error. The
                           remaining kernels use add, subtract and shift only, so the object has no
                           mul/div instruction and no __mulsi3/__divsi3 call on RV32EC.
+     BM_CFG_CNN           1 (default): bm_run also runs CNN layer tables (the channel-streaming
+                          driver); 0: FC tables only, which leaves the driver out (about 2 KB of
+                          flash on RV32EC). A model header with conv layers fails with #error then.
      BM_CFG_CONV_MAX_CPG  largest input-channels-per-group a conv kernel accepts (default 4; the
                           contract's CNN uses 1). It sizes a 9*cpg byte window on the stack.
+     BM_CFG_KERNELS       bm_fc's kernels: 1 (default) the fast column-table kernels described
+                          below, 0 the reference row-by-row decoders (bm_conv3x3 always uses those).
+                          Same outputs bit for bit; 1 takes 256 bytes more stack per table word
+                          column and about 500 bytes more code.
+     BM_CFG_FC_WORDS      word columns per table block of the fast kernels: 1 (default) or 2. With
+                          2, each accumulator is loaded and stored once per 16 fields instead of 8
+                          (about 0.5 cycle per weight less on RV32EC) for 256 more bytes of stack.
+
+   FAST FC KERNELS (BM_CFG_KERNELS 1)
+     bm_fc walks the packed layer one word column at a time instead of one row at a time. For a
+     column of 8 four-bit fields (4bitsym, fp130, 4bit, nf4: 8 inputs; 2bitsym: 16 inputs, 2 per
+     field; binary, binarybalanced: 32 inputs, 4 per field) it first builds on the stack, for each
+     field position, the table of the 16 values that field can contribute: 4bitsym +-(2m+1)*x[i] by
+     repeated addition of 2x, fp130 +-x[i] doubled e times, 4bit by adding x, nf4 by multiplying,
+     2bitsym and binary the 16 signed sums of the field's 2 or 4 inputs. That is 128 int16 entries,
+     about 40 instructions per input, shared by all n_out rows. Then each row adds 8 table entries
+     to its int32 accumulator out[o]: per field a shift, a mask, an add of the table address, a
+     16-bit load and an add (5.75 instructions per 4-bit weight with the row's word and accumulator
+     loads, against about 15 for a decode with branches and a shift-and-add product). Ternary does
+     the same per byte of 5 trits: a 256-entry constant table turns the byte into the mask of its +1
+     inputs and the mask of its -1 inputs, each indexing a 32-entry table of subset sums of the 5
+     inputs. 8bit (a multiply format) stays row by row, a word at a time, as sum((field ^ 0x80) * x)
+     - 128 * sum(x) in wrapping uint32, whose result, bounded by the contract, is exact.
+     Why it is exact: each table entry is an exact product or sum of products (|entry| <= 16,256 fits
+     int16), inputs past n_in enter the tables as 0 so a row's padding adds 0, and every partial sum
+     of a row is a sum of a subset of its products, inside CONTRACT §3's bound. Only the order of the
+     additions changes, which integer addition does not see.
+     The per-weight and per-input loops (bm__rows_*, bm__tab_*, bm__fc_8bit) are separate functions
+     (never inlined), so that a firmware can place just them in SRAM by name.
 
    USAGE
      #include "model.h"                       (generated; includes this header)
@@ -91,11 +123,31 @@
 #endif
 #endif
 
+#ifndef BM_CFG_CNN
+#define BM_CFG_CNN 1
+#endif
+#if BM_CFG_CNN != 0 && BM_CFG_CNN != 1
+#error "bitmcu: BM_CFG_CNN must be 0 (FC models only) or 1"
+#endif
+
 #ifndef BM_CFG_CONV_MAX_CPG
 #define BM_CFG_CONV_MAX_CPG 4
 #endif
 #if BM_CFG_CONV_MAX_CPG < 1
 #error "bitmcu: BM_CFG_CONV_MAX_CPG must be >= 1"
+#endif
+
+#ifndef BM_CFG_KERNELS
+#define BM_CFG_KERNELS 1
+#endif
+#if BM_CFG_KERNELS != 0 && BM_CFG_KERNELS != 1
+#error "bitmcu: BM_CFG_KERNELS must be 0 (reference kernels) or 1 (fast kernels)"
+#endif
+#ifndef BM_CFG_FC_WORDS
+#define BM_CFG_FC_WORDS 1
+#endif
+#if BM_CFG_FC_WORDS != 1 && BM_CFG_FC_WORDS != 2
+#error "bitmcu: BM_CFG_FC_WORDS must be 1 or 2"
 #endif
 
 /* ---- status ----------------------------------------------------------------------------------- */
@@ -127,14 +179,23 @@ typedef struct bm_layer {
 } bm_layer;
 
 /* A model: its layer table and the working buffers bm_run uses (not reentrant: one run at a time).
-   acc holds one layer's int32 outputs before pooling, act one int8 activation map; the generated
-   header sizes them (BM_ACC_WORDS, BM_ACT_BYTES) and bm_run checks every layer against them. */
+   An fc layer writes its int32 outputs to acc and its activations to act. A CNN's conv layers run one
+   channel at a time (CONTRACT §6, "Streaming"): acc holds one channel's conv output before pooling,
+   act the input x0 and then the flattened features, chan one channel's requantized map, feat the last
+   conv layer's values kept to 8 bits, one exponent per channel and two bytes per conv layer (the
+   shifts of the previous run, reused as guesses, so feat must persist between runs). The generated
+   header sizes them (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan and feat are NULL
+   and 0 for fc models) and bm_run checks every layer against them. */
 typedef struct bm_model {
     const bm_layer *layers;
     int32_t *acc;
     int8_t *act;
+    int8_t *chan;
+    uint8_t *feat;
     uint32_t acc_words;
     uint32_t act_bytes;
+    uint32_t chan_bytes;
+    uint32_t feat_bytes;
     uint16_t n_pixels;           /* image_size * image_size */
     uint8_t n_layers;
     uint8_t image_size;
@@ -188,7 +249,8 @@ int32_t bm_argmax(const int32_t *logits, int32_t n);
 
 /* Run model m on n_pixels uint8 pixels (row-major N x N) and write its num_classes int32 logits.
    trace, when not NULL, receives x0, every requantized activation, every shift and the logits.
-   Returns BM_OK, BM_ERR_FORMAT (a layer's format unknown or not compiled in) or BM_ERR_ARG (a
+   A CNN's run time depends on the previous run (1 to n_conv passes over its conv layers), its
+   results do not. Returns BM_OK, BM_ERR_FORMAT (a layer's format unknown or not compiled in) or BM_ERR_ARG (a
    layer table that is inconsistent or does not fit m's buffers). */
 bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int32_t *logits_out);
 

@@ -17,7 +17,7 @@ from refimpl.model import check_model
 
 OPS = {"fc": "BM_OP_FC", "conv": "BM_OP_CONV", "dwconv": "BM_OP_DWCONV"}
 LAYER_BYTES = 32      # sizeof(bm_layer) on a 32-bit target (ilp32 / ilp32e)
-MODEL_BYTES = 28      # sizeof(bm_model) on a 32-bit target
+MODEL_BYTES = 44      # sizeof(bm_model) on a 32-bit target
 _U16 = 0xFFFF
 
 
@@ -32,26 +32,36 @@ def _fail(msg: str) -> None:
 def layout(model: dict[str, Any]) -> dict[str, Any]:
     """Sizes of a packed model, as the header #defines them.
 
-    acc_words: the largest int32 output of a hidden layer before pooling (fc n_out, conv
-    n_out*(H-2)*(W-2)); the final layer writes the caller's logits directly. act_bytes: the largest
-    int8 activation (the N*N input or a hidden layer's output after pooling); one buffer suffices
-    because a layer's input is dead once its int32 outputs exist. ram = 4*acc_words + act_bytes.
+    The conv layers of a CNN stream one channel at a time (CONTRACT §6, "Streaming"), so their
+    buffers hold one channel's maps. acc_words: the largest int32 output before pooling, of a hidden
+    fc layer (n_out) or of one conv channel ((H-2)*(W-2)); the final layer writes the caller's logits
+    directly. act_bytes: the largest int8 activation held whole: the N*N input, a hidden fc output or
+    the CNN's C*H*W features; a layer's input is dead once its int32 outputs exist. chan_bytes: one
+    channel's requantized map of every conv layer but the last (the next layer's input). feat_bytes:
+    the last conv layer's C*H*W values kept to 8 bits, C exponents and 2 bytes per conv layer (the
+    shifts used and measured). ram = 4*acc_words + act_bytes + chan_bytes + feat_bytes.
     trace_act_bytes: x0 plus every requantized output, in order. flash: weight words, shift bytes
     (per_tensor layers store none), and the layer table + model struct on a 32-bit target.
     """
     n = int(model["image_size"])
     hidden = [lay for lay in model["layers"] if lay["requant"]]
+    convs = [lay for lay in model["layers"] if lay["kind"] != "fc"]
+    fcs = [lay for lay in hidden if lay["kind"] == "fc"]
     out_len = [int(np.prod(lay["out_shape"])) for lay in hidden]
-    acc = [int(lay["n_out"]) if lay["kind"] == "fc"
-           else int(lay["n_out"]) * (int(lay["in_shape"][1]) - 2) * (int(lay["in_shape"][2]) - 2)
-           for lay in hidden]
+    acc = [int(lay["n_out"]) for lay in fcs] + \
+          [(int(lay["in_shape"][1]) - 2) * (int(lay["in_shape"][2]) - 2) for lay in convs]
+    planes = [int(lay["out_shape"][1]) * int(lay["out_shape"][2]) for lay in convs]
+    feats = [int(np.prod(convs[-1]["out_shape"]))] if convs else []
+    chan_bytes = max([0, *planes[:-1]])
+    feat_bytes = feats[0] + int(convs[-1]["n_out"]) + 2 * len(convs) if convs else 0
     shift_bytes = sum(int(lay["n_out"]) for lay in model["layers"] if np.asarray(lay["out_shifts"]).any())
     weight_bytes = sum(4 * int(np.asarray(lay["words"]).size) for lay in model["layers"])
     table_bytes = LAYER_BYTES * len(model["layers"]) + MODEL_BYTES
     acc_words = max([1, *acc])
-    act_bytes = max([n * n, *out_len])
-    return dict(acc_words=acc_words, act_bytes=act_bytes, trace_act_bytes=n * n + sum(out_len),
-                n_shifts=len(hidden), ram_bytes=4 * acc_words + act_bytes, weight_bytes=weight_bytes,
+    act_bytes = max([n * n, *feats, *(int(lay["n_out"]) for lay in fcs)])
+    return dict(acc_words=acc_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,
+                trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),
+                ram_bytes=4 * acc_words + act_bytes + chan_bytes + feat_bytes, weight_bytes=weight_bytes,
                 shift_bytes=shift_bytes, table_bytes=table_bytes,
                 flash_bytes=weight_bytes + shift_bytes + table_bytes)
 
@@ -123,6 +133,11 @@ def render_header(model: dict[str, Any]) -> str:
         '#include "bitmcu.h"',
         "",
         "#define BM_MODEL_FORMATS (" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in formats) + ")",
+        _define("BM_MODEL_CNN", int(any(lay["kind"] != "fc" for lay in layers)),
+                "1: conv layers, bm_run needs BM_CFG_CNN 1"),
+        "#if BM_MODEL_CNN && !BM_CFG_CNN",
+        '#error "bitmcu model: this CNN needs the streaming driver; build bitmcu.c with BM_CFG_CNN 1"',
+        "#endif",
     ]
     for f in formats:
         users = ", ".join(lay["name"] for lay in layers if lay["format"] == f)
@@ -140,10 +155,12 @@ def render_header(model: dict[str, Any]) -> str:
         _define("BM_N_LAYERS", len(layers)),
         _define("BM_LAYER_NAMES", f"{{{names}}}"),
         _define("BM_N_SHIFTS", sizes["n_shifts"], "requantized layers"),
-        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest hidden output before pooling"),
-        _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest activation, input included"),
+        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc or conv-channel output, unpooled"),
+        _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
+        _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's requantized conv map"),
+        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, shifts"),
         _define("BM_TRACE_ACT_BYTES", sizes["trace_act_bytes"], "int8: x0 and every requantized output"),
-        _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * BM_ACC_WORDS + BM_ACT_BYTES"),
+        _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan + feat"),
         _define("BM_FLASH_WEIGHT_BYTES", sizes["weight_bytes"], "packed weight words"),
         _define("BM_FLASH_SHIFT_BYTES", sizes["shift_bytes"], "per-output shifts (none when all 0)"),
         _define("BM_FLASH_TABLE_BYTES", sizes["table_bytes"],
@@ -170,9 +187,14 @@ def render_header(model: dict[str, Any]) -> str:
         "",
         "static int32_t bm_acc_buf[BM_ACC_WORDS];",
         "static int8_t bm_act_buf[BM_ACT_BYTES];",
+        *(["static int8_t bm_chan_buf[BM_CHAN_BYTES];"] if sizes["chan_bytes"] else []),
+        *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];   /* its last bytes carry shifts from run to run */"]
+          if sizes["feat_bytes"] else []),
         "",
-        "static const bm_model bm_net = {bm_layers, bm_acc_buf, bm_act_buf, BM_ACC_WORDS, BM_ACT_BYTES,",
-        "                                BM_IMAGE_PIXELS, BM_N_LAYERS, BM_IMAGE_SIZE, BM_INPUT_ZERO, BM_NUM_CLASSES};",
+        "static const bm_model bm_net = {bm_layers, bm_acc_buf, bm_act_buf, "
+        f"{'bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, {'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'},",
+        "                                BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES, BM_IMAGE_PIXELS,",
+        "                                BM_N_LAYERS, BM_IMAGE_SIZE, BM_INPUT_ZERO, BM_NUM_CLASSES};",
         "#define BM_MODEL (&bm_net)",
         "",
         "#endif /* BITMCU_MODEL_H */",

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
                           sanitizer_env)
-from engine.header import layout, render_header
-from pipeline.packing import pack
+from engine.header import MODEL_BYTES, layout, render_header
+from pipeline.packing import codes_per_word, pack
 from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec, layer_bound
 from refimpl.kernels import FORMAT_IDS
 from refimpl.model import from_export, run
@@ -39,6 +39,16 @@ def build_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def klib(build_dir):
     return load_library(build_kernel_library(build_dir))
+
+
+# bm_fc's variants (bitmcu.h): reference row decoders, fast column tables of one and of two word columns
+KERNELS = {"ref": "BM_CFG_KERNELS=0", "fast": "BM_CFG_KERNELS=1", "fast2": "BM_CFG_FC_WORDS=2"}
+
+
+@pytest.fixture(scope="session", params=list(KERNELS))
+def fclib(request, build_dir):
+    """The kernel library with each bm_fc variant."""
+    return load_library(build_kernel_library(build_dir, defines=[KERNELS[request.param]]))
 
 
 def _first_diff(got, want) -> str:
@@ -79,8 +89,8 @@ def test_format_ids_match_refimpl():
 
 @settings(max_examples=80, deadline=None)
 @given(fc_cases())
-def test_fc_matches_naive(klib, case):
-    got = c_fc(klib, case)
+def test_fc_matches_naive(fclib, case):
+    got = c_fc(fclib, case)
     want = naive.fc_layer(case["x"].tolist(), case["codes"].tolist(), case["out_shifts"].tolist(), case["relu"])
     note(f"{case['fmt']} {case['codes'].shape} relu {case['relu']}: {_first_diff(got, want)}")
     assert got.tolist() == want
@@ -146,17 +156,57 @@ def test_input_map_every_pixel(klib):
         assert out.tolist() == naive.input_map([p.tolist()], z)[0]
 
 
-def test_extreme_fc_accumulator_reaches_the_bound(klib):
+def test_extreme_fc_accumulator_reaches_the_bound(fclib):
     """8bit, n_in 1024, k 7: |acc| = 2^31 - 2^24 exactly, then ShiftNorm s = 24 (CONTRACT §3, §4)."""
     x = np.full((2, 1024), -127, dtype=np.int8)
     x[1] = 127
     case = dict(fmt="8bit", codes=np.full((2, 1024), -128, dtype=np.int64), x=x,
                 out_shifts=np.array([7, 0], dtype=np.uint8), relu=False)
-    assert c_fc(klib, case).tolist() == [[ACC_LIMIT, ACC_LIMIT >> 7], [-ACC_LIMIT, -(ACC_LIMIT >> 7)]]
-    y = c_fc(klib, dict(case, relu=True))[0]
+    assert c_fc(fclib, case).tolist() == [[ACC_LIMIT, ACC_LIMIT >> 7], [-ACC_LIMIT, -(ACC_LIMIT >> 7)]]
+    y = c_fc(fclib, dict(case, relu=True))[0]
     out = np.zeros(2, dtype=np.int8)
-    assert klib.lib.bm_shiftnorm(_buf(klib, "const int32_t[]", y), 2, _buf(klib, "int8_t[]", out)) == 24
+    assert fclib.lib.bm_shiftnorm(_buf(fclib, "const int32_t[]", y), 2, _buf(fclib, "int8_t[]", out)) == 24
     assert out.tolist() == [127, 1]
+
+
+def _edge_activations(rng, n_in: int) -> np.ndarray:
+    """All 127, all -127, random signs of 127, and uniform in [-127, 127]: int8 [4, n_in]."""
+    return np.stack([np.full(n_in, 127), np.full(n_in, -127), rng.choice([-127, 127], n_in),
+                     rng.integers(-127, 128, n_in)]).astype(np.int8)
+
+
+@pytest.mark.parametrize("fmt", EXPORTABLE)
+def test_fc_rows_around_word_edges(fclib, fmt):
+    """n_in = 1, 2 and around one, two and four words of codes (the fast kernels' blocks of word columns and
+    their zero-padded last column), every shift 0..7, rows of the largest and smallest code and random rows,
+    extreme activations, ReLU or not."""
+    per, values = codes_per_word(fmt), np.array(FORMATS[fmt].codes, dtype=np.int64)
+    rng = np.random.default_rng(FORMAT_IDS[fmt])
+    for n_in in sorted({1, 2, per - 1, per, per + 1, 2 * per - 1, 2 * per + 3, 4 * per + 1} - {0}):
+        codes = rng.choice(values, size=(8, n_in))
+        codes[0], codes[1] = values.max(), values.min()
+        x, shifts = _edge_activations(rng, n_in), np.arange(8, dtype=np.uint8)
+        for relu in (False, True):
+            got = c_fc(fclib, dict(fmt=fmt, codes=codes, x=x, out_shifts=shifts, relu=relu))
+            want = naive.fc_layer(x.tolist(), codes.tolist(), shifts.tolist(), relu)
+            assert got.tolist() == want, f"{fmt} n_in {n_in} relu {relu}: {_first_diff(got, want)}"
+
+
+@pytest.mark.parametrize("k", [0, MAX_OUT_SHIFT])
+@pytest.mark.parametrize("fmt", EXPORTABLE)
+def test_fc_longest_legal_rows(fclib, fmt, k):
+    """The longest row CONTRACT §3 allows with shift k (at most 2^17 inputs), rows of the largest code of each
+    sign: |acc| reaches the bound n_in * 127 * max|code| * 2^k, and C equals the oracle."""
+    n_in = min(ACC_LIMIT // layer_bound(1, fmt, k), 1 << 17)
+    values = np.array(FORMATS[fmt].codes, dtype=np.int64)
+    rng = np.random.default_rng(n_in)
+    codes = np.stack([np.full(n_in, values.min()), np.full(n_in, values.max()), rng.choice(values, n_in)])
+    x = _edge_activations(rng, n_in)
+    shifts = np.full(3, k, dtype=np.uint8)
+    got = c_fc(fclib, dict(fmt=fmt, codes=codes, x=x, out_shifts=shifts, relu=False))
+    want = naive.fc_layer(x.tolist(), codes.tolist(), shifts.tolist(), False)
+    assert got.tolist() == want, _first_diff(got, want)
+    assert np.abs(got).max() == layer_bound(n_in, fmt, k)
 
 
 def test_bad_arguments_and_unknown_formats(klib):
@@ -216,10 +266,11 @@ def packed_models():
     return [from_export(random_model(s, seed=len(s.formats) * 31 + s.image_size).export_model()) for s in MODELS]
 
 
+@pytest.mark.parametrize("kernels", list(KERNELS))
 @pytest.mark.parametrize("i", range(len(MODELS)), ids=MODEL_IDS)
-def test_model_matches_refimpl(i, packed_models, build_dir):
+def test_model_matches_refimpl(i, kernels, packed_models, build_dir):
     model = packed_models[i]
-    lib = load_library(build_library(render_header(model), build_dir))
+    lib = load_library(build_library(render_header(model), build_dir, defines=[KERNELS[kernels]]))
     px = _pixels(int(model["image_size"]), seed=i)
     want = run(model, px)
     assert_same_run(run_c(lib, px, trace=True), want)
@@ -239,14 +290,16 @@ def test_run_c_validates_pixels(packed_models, build_dir):
 
 
 def test_buffer_sizes_follow_the_layer_shapes(packed_models):
-    cnn = layout(packed_models[4])                        # 16x16, C=4: conv1 4x14x14 is the largest map
-    assert cnn["acc_words"] == 4 * 14 * 14 and cnn["act_bytes"] == 4 * 14 * 14
-    assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"]
+    cnn = layout(packed_models[4])                        # 16x16, C=4, streamed: one channel's maps at a time
+    assert cnn["acc_words"] == 14 * 14 and cnn["act_bytes"] == 256             # conv1 channel; x0
+    assert cnn["chan_bytes"] == 14 * 14 and cnn["feat_bytes"] == 4 * 2 * 2 + 4 + 2 * 3
+    assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"] + cnn["chan_bytes"] + cnn["feat_bytes"]
     assert cnn["trace_act_bytes"] == 256 + 4 * 14 * 14 + 4 * 6 * 6 + 4 * 2 * 2 + 12
     fc = layout(packed_models[0])                         # 256 - 24 - 16 - 10, 4bitsym, per_tensor
     assert (fc["acc_words"], fc["act_bytes"], fc["shift_bytes"]) == (24, 256, 0)
     assert fc["weight_bytes"] == 4 * (24 * 32 + 16 * 3 + 10 * 2)
-    assert fc["flash_bytes"] == fc["weight_bytes"] + 3 * 32 + 28
+    assert fc["flash_bytes"] == fc["weight_bytes"] + 3 * 32 + MODEL_BYTES
+    assert (fc["chan_bytes"], fc["feat_bytes"]) == (0, 0)
 
 
 # ---- extreme inputs and weights under AddressSanitizer + UBSan --------------------------------------------
@@ -325,9 +378,11 @@ def test_models_clean_under_sanitizers(packed_models, build_dir, tmp_path):
         ref.update({f"act_{a}": v for a, v in want["acts"]})
         ref.update({f"shift_{a}": v for a, v in want["shifts"]})
         np.savez(tmp_path / f"{name}.npz", **ref)
-        args += [str(build_library(render_header(model), build_dir, sanitize=True)), str(tmp_path / f"{name}.npz")]
+        for define in KERNELS.values():
+            so = build_library(render_header(model), build_dir, sanitize=True, defines=[define])
+            args += [str(so), str(tmp_path / f"{name}.npz")]
     res = _sanitized_python(args, _CHILD)
-    assert res.returncode == 0 and res.stdout.count("mismatch: none") == len(cases), \
+    assert res.returncode == 0 and res.stdout.count("mismatch: none") == len(cases) * len(KERNELS), \
         f"{res.stdout}\n{res.stderr[-3000:]}"
     assert "runtime error" not in res.stderr and "AddressSanitizer" not in res.stderr, res.stderr[-3000:]
 
@@ -362,6 +417,92 @@ def test_sanitizer_harness_catches_errors(build_dir):
         res = _sanitized_python([str(so), mode], child)
         assert res.returncode != 0 and "survived" not in res.stdout and msg in res.stderr, (mode, res.stderr[-2000:])
 
+
+# ---- streamed CNNs: conv1, then any number of depthwise layers, a pool after any of them ------------------
+# (image size, channels, pool after each conv layer): odd and even maps, 1 to 7 channels, 1 to 5 conv layers,
+# final maps 1x1 to 7x7. The export makes (N, C, (0, 1, 1)); the C driver and header.py take any such chain.
+CNN_TABLES = [(9, 3, (0,)), (11, 2, (1,)), (19, 5, (0, 1, 0, 1)), (16, 6, (1, 0, 1)), (13, 4, (0, 0, 0, 0, 0)),
+              (8, 3, (0, 1)), (12, 1, (0, 1, 1)), (17, 7, (0, 1, 1))]
+CNN_TABLE_IDS = [f"n{n}-c{c}-pools{''.join(map(str, p))}" for n, c, p in CNN_TABLES]
+
+
+def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int) -> dict:
+    """conv1 and len(pools) - 1 depthwise layers, then 1 or 2 fc layers; each layer a random format, random
+    codes and random per-output shifts up to the largest the bound allows (an export_model() dict)."""
+    rng = np.random.default_rng(seed)
+    layers, h = [], n
+    for j, pool in enumerate(pools):
+        out = (h - 2) // 2 if pool else h - 2
+        layers.append(dict(name=f"conv{j + 1}", kind="dwconv" if j else "conv", n_out=c, n_in=9, groups=c if j else 1,
+                           in_shape=(c if j else 1, h, h), out_shape=(c, out, out), pool=bool(pool)))
+        h = out
+    dims = [c * h * h, *rng.integers(3, 10, int(rng.integers(0, 2))).tolist(), int(rng.integers(2, 11))]
+    for i in range(len(dims) - 1):
+        layers.append(dict(name=f"fc{i + 1}", kind="fc", n_out=dims[i + 1], n_in=dims[i], groups=1,
+                           in_shape=(dims[i],), out_shape=(dims[i + 1],), pool=False))
+    for i, lay in enumerate(layers):
+        fmt = str(rng.choice(EXPORTABLE))
+        top = max(k for k in range(MAX_OUT_SHIFT + 1) if layer_bound(lay["n_in"], fmt, k) <= ACC_LIMIT)
+        codes = rng.choice(np.array(FORMATS[fmt].codes, dtype=np.int64), (lay["n_out"], lay["n_in"]))
+        lay.update(format=fmt, codes=codes, out_shifts=rng.integers(0, top + 1, lay["n_out"]),
+                   requant=i < len(layers) - 1)
+    return dict(kind="cnn", image_size=n, input_zero=int(rng.integers(0, 128)), num_classes=dims[-1], layers=layers)
+
+
+@pytest.fixture(scope="session")
+def cnn_tables():
+    return [from_export(_cnn_table_export(n, c, pools, seed=i)) for i, (n, c, pools) in enumerate(CNN_TABLES)]
+
+
+@pytest.mark.parametrize("i", range(len(CNN_TABLES)), ids=CNN_TABLE_IDS)
+def test_streamed_cnn_matches_refimpl(i, cnn_tables, build_dir):
+    """Every layer, shift and logit equals refimpl, whatever ran before: the driver reuses the previous run's
+    shifts as guesses, so the images run forwards, backwards and each twice in a row."""
+    model = cnn_tables[i]
+    lib = load_library(build_library(render_header(model), build_dir))
+    px = _pixels(int(model["image_size"]), seed=100 + i)
+    for order in (px, px[::-1], np.repeat(px, 2, axis=0)):
+        assert_same_run(run_c(lib, order, trace=True), run(model, order))
+    assert np.array_equal(run_c(lib, px, trace=False)["logits"], run(model, px)["logits"])
+    info, sizes = model_info(lib), layout(model)
+    assert {k: info[k] for k in sizes if k in info} == {k: v for k, v in sizes.items() if k in info}
+
+
+@pytest.mark.parametrize("table,define", [(3, "BM_ACC_WORDS"), (0, "BM_ACT_BYTES"), (3, "BM_CHAN_BYTES"),
+                                          (3, "BM_FEAT_BYTES")])
+def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, table, define):
+    """One element less than header.py's layout in any buffer and bm_run refuses the model (the sanitizer
+    test shows that the layout is enough)."""
+    text = render_header(cnn_tables[table])
+    patched = re.sub(rf"#define {define} (\d+)", lambda mt: f"#define {define} {int(mt[1]) - 1}", text, count=1)
+    assert patched != text
+    with pytest.raises(RuntimeError, match="BM_ERR_ARG"):
+        run_c(load_library(build_library(patched, build_dir)), _pixels(int(cnn_tables[table]["image_size"]), 0))
+
+
+@needs_asan
+def test_streamed_cnn_clean_under_sanitizers(cnn_tables, build_dir, tmp_path):
+    """Streamed CNNs under -fsanitize=address,undefined equal refimpl on every layer: buffers sized exactly
+    by layout, and a feat buffer that starts full of 0xFF (guessed shifts beyond ShiftNorm's 24)."""
+    args = []
+    for i in (2, 4, 6, 7):
+        model = cnn_tables[i]
+        n = int(model["image_size"])
+        px = np.concatenate([np.zeros((1, n, n), np.uint8), np.full((1, n, n), 255, np.uint8), _pixels(n, i)[:6]])
+        want = run(model, px)
+        ref = {"pixels": px, "logits": want["logits"], "preds": want["preds"]}
+        ref.update({f"act_{a}": v for a, v in want["acts"]})
+        ref.update({f"shift_{a}": v for a, v in want["shifts"]})
+        np.savez(tmp_path / f"table{i}.npz", **ref)
+        text = render_header(model)
+        if i == 4:
+            fill = ", ".join(["255"] * layout(model)["feat_bytes"])
+            text = text.replace("bm_feat_buf[BM_FEAT_BYTES];", f"bm_feat_buf[BM_FEAT_BYTES] = {{{fill}}};")
+            assert fill in text
+        args += [str(build_library(text, build_dir, sanitize=True)), str(tmp_path / f"table{i}.npz")]
+    res = _sanitized_python(args, _CHILD)
+    assert res.returncode == 0 and res.stdout.count("mismatch: none") == 4, f"{res.stdout}\n{res.stderr[-3000:]}"
+    assert "runtime error" not in res.stderr and "AddressSanitizer" not in res.stderr, res.stderr[-3000:]
 
 # ---- the generated header ---------------------------------------------------------------------------------
 def test_header_is_deterministic(packed_models):
@@ -410,9 +551,11 @@ def test_header_with_a_format_left_out_fails_to_compile(packed_models, build_dir
         build_library(render_header(packed_models[4]), build_dir, defines=defines)
 
 
-def test_multiplier_free_model_builds_without_multiply_formats(packed_models, build_dir):
+@pytest.mark.parametrize("kernels", list(KERNELS))
+def test_multiplier_free_model_builds_without_multiply_formats(packed_models, build_dir, kernels):
     model = packed_models[1]                                       # binary, ternary, 2bitsym, fp130
-    lib = load_library(build_library(render_header(model), build_dir, defines=["BM_CFG_NO_MULTIPLY"]))
+    lib = load_library(build_library(render_header(model), build_dir,
+                                     defines=["BM_CFG_NO_MULTIPLY", KERNELS[kernels]]))
     px = _pixels(int(model["image_size"]), seed=3)
     assert_same_run(run_c(lib, px), run(model, px))
 
@@ -436,10 +579,11 @@ def _rv_disasm(src: Path, out: Path, opt: str, defines: list[str], include: list
 
 
 @needs_rv
+@pytest.mark.parametrize("kernels", list(KERNELS))
 @pytest.mark.parametrize("opt", ["-Os", "-O2"])
-def test_rv32ec_multiplier_free_build_has_no_multiply(tmp_path, opt, packed_models):
+def test_rv32ec_multiplier_free_build_has_no_multiply(tmp_path, opt, kernels, packed_models):
     asm = _rv_disasm(ENGINE_DIR / "bitmcu.c", tmp_path / "bitmcu.o", opt,
-                     ["BM_CFG_NO_MULTIPLY", f"BM_CFG_FORMATS={MULFREE:#x}"], [ENGINE_DIR])
+                     ["BM_CFG_NO_MULTIPLY", f"BM_CFG_FORMATS={MULFREE:#x}", KERNELS[kernels]], [ENGINE_DIR])
     hits = [line for line in asm.splitlines() if MUL_DIV.search(line)]
     assert not hits, "\n".join(hits[:20])
     # the model driver with a generated table, and the ilp32e struct sizes header.py counts in BM_FLASH_BYTES
@@ -447,15 +591,16 @@ def test_rv32ec_multiplier_free_build_has_no_multiply(tmp_path, opt, packed_mode
     (tmp_path / "fw.c").write_text(textwrap.dedent("""
         #include "bm_model.h"
         typedef char layer_size_is_32[sizeof(bm_layer) == 32 ? 1 : -1];
-        typedef char model_size_is_28[sizeof(bm_model) == 28 ? 1 : -1];
+        typedef char model_size_matches_header_py[sizeof(bm_model) == MODEL_BYTES ? 1 : -1];
         int32_t classify(const uint8_t *pixels);
         int32_t classify(const uint8_t *pixels)
         {
             int32_t logits[BM_NUM_CLASSES];
             return bm_run(BM_MODEL, pixels, NULL, logits) == BM_OK ? bm_argmax(logits, BM_NUM_CLASSES) : -1;
         }
-    """))
-    asm = _rv_disasm(tmp_path / "fw.c", tmp_path / "fw.o", opt, ["BM_CFG_NO_MULTIPLY"], [ENGINE_DIR, tmp_path])
+    """).replace("MODEL_BYTES", str(MODEL_BYTES)))
+    asm = _rv_disasm(tmp_path / "fw.c", tmp_path / "fw.o", opt, ["BM_CFG_NO_MULTIPLY", KERNELS[kernels]],
+                     [ENGINE_DIR, tmp_path])
     hits = [line for line in asm.splitlines() if MUL_DIV.search(line)]
     assert not hits, "\n".join(hits[:20])
 
