@@ -80,6 +80,57 @@ def task_verify():
     yield from _tasks("verify")
 
 
+def task_firmware():
+    yield from _tasks("firmware")
+
+
+def task_emulate():
+    yield from _tasks("emulate")
+
+
+def task_report():
+    yield from _tasks("report")
+
+
+def _board_action(fn):
+    """A flash/monitor action on the one config: a UserError prints as one line and fails the task."""
+    def action():
+        from doit.exceptions import TaskFailed
+        try:
+            if SWEEP is not None:
+                raise config.UserError(f"cfg={CFG} is a sweep; flash and monitor take one config")
+            fn(PLANS[0])
+        except config.UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return TaskFailed(str(e))
+    return action
+
+
+def task__flash_setup():
+    """Probe and flashing tool present? Runs before the firmware is built, so a missing one fails at once."""
+    def setup(plan):
+        from mcu.flash import check_setup
+        check_setup()
+    return {"actions": [_board_action(setup)], "uptodate": [False], "verbosity": 2}
+
+
+def task_flash():
+    """Write the firmware to the board through a WCH-LinkE (rvprog, minichlink or wlink); never up to date."""
+    def flash(plan):
+        from mcu.flash import flash as write
+        print(write(plan.store.path("firmware", plan.keys["firmware"]) / "firmware.bin"), end="", flush=True)
+    return {"actions": [_board_action(flash)], "task_dep": ["_flash_setup", "firmware"], "uptodate": [False],
+            "verbosity": 2}
+
+
+def task_monitor():
+    """Print the board's USART1 lines (USB-serial adapter; port=/dev/ttyX or mcu.port, else the first found)."""
+    def monitor(plan):
+        from mcu.monitor import find_port, monitor as show
+        show(find_port(get_var("port", None) or plan.cfg["mcu.port"]))
+    return {"actions": [_board_action(monitor)], "uptodate": [False], "verbosity": 2}
+
+
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():

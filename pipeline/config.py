@@ -100,6 +100,19 @@ _KEYS: list[Key] = [
     # deployment
     Key("mcu.target", "str", "ch32v003", "chip: ch32v003 (no multiplier, 2 KB RAM) or ch32v002 (Zmmul, 4 KB)",
         choices=("ch32v003", "ch32v002")),
+    Key("mcu.mode", "str", "demo", "firmware: demo (embedded test images, prints results) or serial "
+        "(classifies images sent over USART1, mcu/protocol.py)", choices=("demo", "serial")),
+    Key("mcu.demo_images", "int", 0, "test images embedded by the demo firmware; 0 = as many as fit in flash",
+        lo=0, hi=10000),
+    Key("mcu.kernels", "str", "sram", "where the inference kernels run: sram (copied at boot, no flash wait "
+        "states) or flash", choices=("sram", "flash")),
+    Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
+        "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none",
+        choices=("PA1", "PA2", *(f"PC{i}" for i in range(8)), "PD0", "PD2", "PD3", "PD4"), min_len=0, max_len=8),
+    Key("mcu.segment_active_low", "bool", False, "true for a common-anode display (a segment lights when its "
+        "pin is low)"),
+    Key("mcu.port", "path", None, "serial port of the board's USART1 (USB-serial adapter) for `doit monitor` "
+        "and `doit send`; null = the first /dev/ttyUSB* or /dev/ttyACM*", runtime=True),
 ]
 
 SCHEMA: dict[str, Key] = {k.name: k for k in _KEYS}

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from pipeline.config import SCHEMA, Config, UserError
 from pipeline.spec import TRAIN_KEYS, TRAIN_RUNTIME_KEYS
-from pipeline.stage import Stage, run_stage, stage_key
+from pipeline.stage import ROOT, Stage, run_stage, stage_key
 from pipeline.store import Store, StoreError
+
+# firmware sources enter the firmware stage's key (mcu/build.py and friends are found by import)
+MCU_SOURCES = tuple(sorted(f"mcu/src/{p.name}" for p in (ROOT / "mcu" / "src").iterdir() if p.is_file()))
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -51,11 +55,26 @@ STAGES: tuple[Stage, ...] = (
         inputs=("data", "train", "export", "library"),
     ),
     Stage(
+        name="firmware",
+        doc="Cross-compile the CH32V003/V002 firmware (demo or serial mode); gate flash, RAM and multiplies",
+        module="pipeline.firmware",
+        keys=("mcu.target", "mcu.mode", "mcu.demo_images", "mcu.kernels", "mcu.segment_pins",
+              "mcu.segment_active_low"),
+        inputs=("data", "export"),
+        extra_sources=(*MCU_SOURCES, "engine/bitmcu.c", "engine/bitmcu.h"),
+    ),
+    Stage(
+        name="emulate",
+        doc="Run the firmware in the unicorn CH32V00x emulator: predictions equal the C engine's; cycles per inference",
+        module="pipeline.emulate",
+        inputs=("data", "export", "library", "firmware"),
+    ),
+    Stage(
         name="report",
         doc="One self-contained HTML page of the run (report.html + PNG figures): curves, errors, codes, memory",
         module="pipeline.report",
         keys=tuple(k for k, v in SCHEMA.items() if not v.runtime),  # the page shows the whole config
-        inputs=("data", "train", "export", "verify"),
+        inputs=("data", "train", "export", "verify", "firmware", "emulate"),
     ),
 )
 
@@ -70,6 +89,13 @@ def check_graph(stages: Sequence[Stage]) -> None:
         if missing:
             raise ValueError(f"stage {s.name}: inputs {missing} are not declared before it")
         seen.add(s.name)
+
+
+def _show_page(name: str, link: Path) -> None:
+    """A stage whose entry is a page to look at (the report) ends its output with where to open it."""
+    page = link / "report.html"
+    if page.is_file():
+        print(f"[{name}] open {page.absolute()}", flush=True)
 
 
 @dataclass
@@ -107,7 +133,7 @@ class Plan:
             self.store.verify(name, key)
         except StoreError:
             return False  # the action re-verifies and reports the damage as a clean failure
-        self.store.link(self.cfg.name, name, key)
+        _show_page(name, self.store.link(self.cfg.name, name, key))
         return True
 
     def run(self, name: str) -> Any:
@@ -125,6 +151,7 @@ class Plan:
             return TaskFailed(str(e))
         link = self.store.link(self.cfg.name, name, key)
         print(f"[{name}] stored {self.store.path(name, key)} (linked as {link})", flush=True)
+        _show_page(name, link)
         return None
 
     def task(self, name: str, sub: bool = False) -> dict:

@@ -1,0 +1,176 @@
+"""Send images to serial-mode firmware, on a board or in the emulator, and print its answers.
+
+    python -m mcu.send --port /dev/ttyUSB0 digit.png 3 17          # PNG files and MNIST test indices
+    python -m mcu.send --emulator artifacts/runs/tiny/firmware 0 1 2
+
+It first PINGs the firmware to learn the model's image size N, then sends each item as an IMAGE
+frame: a PNG is converted to 8-bit grayscale and downscaled to N x N exactly as pipeline/data.py
+downscales MNIST (PIL's antialiased bilinear resize; a non-square image is first padded to a square
+with the background, the corner pixel's value); an integer is that MNIST test image (checksummed
+originals, found as the data stage finds them). --invert turns dark-on-light drawings into MNIST's
+light-on-dark. Prints one line per item: class, cycles, logits, and the label of an MNIST image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Protocol, TextIO
+
+import numpy as np
+from PIL import Image
+
+from mcu import protocol
+from mcu.protocol import Message, Parser
+from pipeline.config import UserError
+
+
+class Link(Protocol):
+    def exchange(self, frame: bytes) -> Message: ...
+
+
+class SerialLink:
+    """A board on a serial port."""
+
+    def __init__(self, port: str, timeout: float = 2.0):
+        from mcu.monitor import open_port
+
+        self.ser = open_port(port, timeout=0.05)
+        self.timeout = timeout
+        self.parser = Parser()
+
+    def exchange(self, frame: bytes) -> Message:
+        self.ser.write(frame)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            got = self.parser.feed(self.ser.read(256))
+            if got:
+                return got[0]
+        raise UserError(f"no answer from the board on {self.ser.port} within {self.timeout} s: is it running "
+                        "the serial-mode firmware (mcu.mode: serial), and are TX/RX crossed?")
+
+
+class EmulatorLink:
+    """The firmware ELF in mcu.emulator.Emulator."""
+
+    def __init__(self, elf: Path, target: str):
+        from mcu.emulator import Emulator
+
+        self.emu = Emulator(elf, target)
+        self.parser = Parser()
+        self.seen = 0                             # bytes of emu.tx already parsed
+        self._run()                               # boot until it waits for the first byte
+
+    def _run(self) -> None:
+        reason = self.emu.run()
+        if reason != "idle":
+            raise UserError(f"the emulated firmware stopped ({reason}) instead of waiting for input: "
+                            "is it serial-mode firmware (mcu.mode: serial)?")
+
+    def exchange(self, frame: bytes) -> Message:
+        self.emu.feed(frame)
+        self._run()
+        tx = bytes(self.emu.tx)
+        got = self.parser.feed(tx[self.seen:])
+        self.seen = len(tx)
+        if not got:
+            raise UserError("the emulated firmware sent no answer")
+        return got[0]
+
+
+def to_square(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape
+    if h == w:
+        return img
+    n = max(h, w)
+    out = np.full((n, n), img[0, 0], dtype=np.uint8)
+    out[(n - h) // 2:(n - h) // 2 + h, (n - w) // 2:(n - w) // 2 + w] = img
+    return out
+
+
+def load_png(path: Path, n: int, invert: bool = False) -> np.ndarray:
+    """A picture as the model's N x N uint8 input (see the module docstring)."""
+    from pipeline.data import downscale
+
+    try:
+        img = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read as an image ({e})") from None
+    if invert:
+        img = 255 - img
+    return downscale(to_square(img)[None], n)[0]
+
+
+def mnist_test(indices: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST test images (downscaled to n like the data stage) and their labels."""
+    from pipeline.data import downscale, load_originals
+    from pipeline.stage import ROOT
+
+    _, arrays = load_originals(None, ROOT, False)
+    bad = [i for i in indices if not 0 <= i < len(arrays["test_labels"])]
+    if bad:
+        raise UserError(f"MNIST test indices {bad} out of range (0 to {len(arrays['test_labels']) - 1})")
+    return downscale(arrays["test_images"][indices], n), arrays["test_labels"][indices]
+
+
+def _emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
+    """A firmware stage folder (its summary names the target) or an ELF with --target."""
+    if path.is_dir():
+        summary = json.loads((path / "summary.json").read_text())
+        return path / summary["elf"], target or summary["target"]
+    return path, target or "ch32v003"
+
+
+def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None = None) -> list[Message]:
+    """PING, then one IMAGE per item; prints a line per answer to out (default stdout) and returns them."""
+    out = out or sys.stdout
+    pong = link.exchange(protocol.ping_frame())
+    if not isinstance(pong, protocol.Pong):
+        raise UserError(f"the firmware did not answer PING with PONG but with {pong}: is it serial-mode firmware?")
+    print(f"firmware: {pong.target}, {pong.image_size}x{pong.image_size} images, {pong.num_classes} classes",
+          file=out)
+    idx = [int(i) for i in items if i.isdigit()]
+    mnist = dict(zip(idx, zip(*mnist_test(idx, pong.image_size)))) if idx else {}
+    answers = []
+    for item in items:
+        if item.isdigit():
+            img, label = mnist[int(item)]
+            what = f"mnist {item} (label {label})"
+        else:
+            img, what = load_png(Path(item), pong.image_size, invert), item
+        ans = link.exchange(protocol.image_frame(img))
+        answers.append(ans)
+        if isinstance(ans, protocol.Result):
+            print(f"{what}: class {ans.cls}, {ans.cycles} cycles, logits {list(ans.logits)}", file=out)
+        else:
+            print(f"{what}: {ans}", file=out)
+    return answers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mcu.send", description=__doc__.split("\n\n")[0])
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--port", help="serial port of the board (default: mcu.monitor's choice)")
+    where.add_argument("--emulator", type=Path, help="firmware stage folder, or firmware.elf (with --target)")
+    ap.add_argument("--target", choices=("ch32v003", "ch32v002"), help="emulated chip (default: the stage's)")
+    ap.add_argument("--invert", action="store_true", help="invert PNGs (dark digit on a light background)")
+    ap.add_argument("items", nargs="+", help="PNG files and/or MNIST test indices")
+    args = ap.parse_args(argv)
+    try:
+        if args.emulator is not None:
+            link: Link = EmulatorLink(*_emulator_args(args.emulator, args.target))
+        else:
+            from mcu.monitor import find_port
+
+            link = SerialLink(find_port(args.port))
+        send(link, args.items, args.invert)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

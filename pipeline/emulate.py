@@ -1,0 +1,117 @@
+"""Emulate stage: run the built firmware in mcu/emulator.py and hold it to the C engine.
+
+Demo firmware runs to its end; every printed prediction must equal the host C engine's (the library
+stage, the same engine code) for the same embedded test images, and the two SysTick reads around each
+inference give its exact instruction count and estimated cycles (mcu/cycles.py). Serial firmware gets
+the first SERIAL_IMAGES test images as IMAGE frames (mcu/protocol.py); class and every logit must equal
+the C engine's, and its RESULT frames carry the cycles.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+
+from engine.build import load_library, run_c
+from mcu import protocol
+from mcu.emulator import Emulator
+from pipeline.config import UserError
+
+SERIAL_IMAGES = 10
+MHZ = 48
+LINE = re.compile(r"img (\d+) pred (\d+) label (\d+) cycles (\d+)")
+
+
+class EmulateError(UserError):
+    pass
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"mean": round(float(np.mean(values)), 1), "min": round(float(np.min(values)), 1),
+            "max": round(float(np.max(values)), 1)}
+
+
+def _demo(emu: Emulator, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib) -> dict[str, Any]:
+    n = int(fw["images"])
+    reason = emu.run()
+    text = bytes(emu.tx).decode("ascii", errors="replace")
+    if reason != "halt":
+        raise EmulateError(f"demo firmware did not finish ({reason}); its output:\n{text}")
+    rows = [LINE.fullmatch(line) for line in text.split("\r\n")[1:n + 1]]
+    if len(rows) != n or not all(rows) or [int(r.group(1)) for r in rows] != list(range(n)):
+        raise EmulateError(f"demo output does not have one line per image (expected {n}):\n{text}")
+    preds = np.array([int(r.group(2)) for r in rows])
+    if not np.array_equal(np.array([int(r.group(3)) for r in rows]), labels[:n]):
+        raise EmulateError("demo firmware printed labels that are not the test set's first labels")
+    want = run_c(lib, images[:n], trace=False)["preds"]
+    bad = np.flatnonzero(preds != want)
+    if bad.size:
+        i = int(bad[0])
+        raise EmulateError(f"emulated firmware predicts {preds[i]} for test image {i}, the C engine {want[i]} "
+                           f"({bad.size} of {n} images differ)")
+    if len(emu.marks) != 2 * n:
+        raise EmulateError(f"expected 2 SysTick reads per inference, saw {len(emu.marks)} for {n} images")
+    instr = [emu.marks[2 * i + 1][0] - emu.marks[2 * i][0] for i in range(n)]
+    cycles = [emu.marks[2 * i + 1][1] - emu.marks[2 * i][1] for i in range(n)]
+    printed = [int(r.group(4)) for r in rows]
+    if any(abs(p - c) > 1 for p, c in zip(printed, cycles)):  # the firmware reads the same clock
+        raise EmulateError(f"printed cycles {printed} differ from the emulator's {cycles}")
+    return dict(images=n, correct=int((preds == labels[:n]).sum()), instructions=_stats(instr),
+                cycles=_stats(cycles))
+
+
+def _serial(emu: Emulator, images: np.ndarray, labels: np.ndarray, lib) -> dict[str, Any]:
+    if emu.run() != "idle":
+        raise EmulateError("serial firmware did not wait for input after boot")
+    want = run_c(lib, images, trace=False)
+    parser, seen, cycles, instr, correct = protocol.Parser(), 0, [], [], 0
+    for i, img in enumerate(images):
+        before = emu.instructions
+        emu.feed(protocol.image_frame(img))
+        if emu.run() != "idle":
+            raise EmulateError(f"serial firmware did not come back for input after image {i}")
+        got = parser.feed(bytes(emu.tx[seen:]))
+        seen = len(emu.tx)
+        if len(got) != 1 or not isinstance(got[0], protocol.Result):
+            raise EmulateError(f"serial firmware answered image {i} with {got!r}, not one RESULT frame")
+        r = got[0]
+        if r.cls != want["preds"][i] or r.logits != tuple(int(v) for v in want["logits"][i]):
+            raise EmulateError(f"test image {i}: emulated firmware gives class {r.cls} logits {r.logits}, "
+                               f"the C engine {want['preds'][i]} {tuple(want['logits'][i])}")
+        cycles.append(r.cycles)
+        instr.append(emu.instructions - before)
+        correct += int(r.cls == labels[i])
+    return dict(images=len(images), correct=correct, cycles=_stats(cycles),
+                instructions_per_frame=_stats(instr))
+
+
+def run(ctx) -> dict:
+    fw = json.loads((ctx.input("firmware") / "summary.json").read_text())
+    data = ctx.input("data")
+    images, labels = np.load(data / "test_images.npy"), np.load(data / "test_labels.npy")
+    lib = load_library(ctx.input("library") / json.loads((ctx.input("library") / "summary.json").read_text())["library"])
+    weights = int(json.loads((ctx.input("export") / "summary.json").read_text())["weights"])
+    emu = Emulator(ctx.input("firmware") / fw["elf"], fw["target"], profile=True)
+    ctx.log(f"running {fw['mode']} firmware for {fw['target']} (kernels in {fw['kernels']}) in the emulator")
+    if fw["mode"] == "demo":
+        res = _demo(emu, fw, images, labels, lib)
+    else:
+        res = _serial(emu, images[:SERIAL_IMAGES], labels[:SERIAL_IMAGES], lib)
+    c = res["cycles"]["mean"]
+    n = res["images"]
+    top = sorted(emu.profile.items(), key=lambda kv: -kv[1][1])[:8]
+    res.update(
+        predictions_match=True, target=fw["target"], mode=fw["mode"], kernels=fw["kernels"], weights=weights,
+        cycles_per_weight=round(c / weights, 2), ms_at_48mhz=round(c / (MHZ * 1000), 3),
+        firmware_instructions=emu.instructions, firmware_cycles=round(emu.cycles),
+        flash_data_loads=emu.flash_loads,
+        functions_per_inference={name: {"instructions": round(v[0] / n), "cycles": round(v[1] / n)}
+                                 for name, v in top},
+    )
+    if "instructions" in res:
+        res["instructions_per_weight"] = round(res["instructions"]["mean"] / weights, 2)
+    ctx.log(f"{n} images, predictions equal the C engine's; {c:,.0f} estimated cycles per inference "
+            f"({res['ms_at_48mhz']} ms at 48 MHz, {res['cycles_per_weight']} per weight)")
+    return res

@@ -1,0 +1,31 @@
+"""Firmware stage: cross-compile the CH32V003/V002 firmware for the exported model, gate its size.
+
+Builds mcu/src with engine/bitmcu.c and the export's model.h (mcu/build.py): `demo` embeds the
+first mcu.demo_images test images (0 = as many as fit in flash) and prints a line per image;
+`serial` classifies images sent over USART1 (mcu/protocol.py). Fails with a table when flash or
+RAM does not fit, and on the CH32V003 when the inference code contains a multiply or divide.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mcu.build import Firmware, build, build_demo
+
+
+def run(ctx) -> dict:
+    cfg = ctx.cfg
+    fw = Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
+                  segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
+                  where=f"config of stage {ctx.stage.name}")
+    header = (ctx.input("export") / "model.h").read_text()
+    if fw.mode == "demo":
+        data = ctx.input("data")
+        images, labels = np.load(data / "test_images.npy"), np.load(data / "test_labels.npy")
+        b = build_demo(fw, header, ctx.out, images, labels, cfg["mcu.demo_images"])
+    else:
+        b = build(fw, header, ctx.out)
+    s = b.summary(ctx.out)
+    ctx.log(f"{fw.target} {fw.mode}, kernels in {fw.kernels}: flash {s['flash_used']} of {s['flash_limit']} B, "
+            f"RAM {s['ram_used']} of {s['ram_limit']} B (stack bound {s['stack_bound']} B), "
+            f"{s['images']} demo images, no-multiply scan {s['no_multiply_scan']}")
+    return s

@@ -1,0 +1,156 @@
+"""Report stage: one tiny run through the real stages, its page checked as files and rendered in Chromium."""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from pipeline import config, report
+from pipeline.graph import Plan
+from pipeline.store import Store
+
+from .conftest import ROOT, SHARED_MNIST
+
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def needed(plan: Plan, name: str) -> list[str]:
+    """The stage and everything upstream of it, in pipeline order."""
+    want, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in want:
+            want.add(n)
+            todo.extend(plan.stage(n).inputs)
+    return [s.name for s in plan.stages if s.name in want]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST copy not found at {SHARED_MNIST}")
+    plan = Plan.make(config.load(TINY), Store(tmp_path_factory.mktemp("store")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        for name in needed(plan, "report"):
+            assert plan.up_to_date(name) or plan.run(name) is None, name
+    link = plan.store.runs / plan.cfg.name / "report"
+    return plan, link, printed.getvalue()
+
+
+def summary(plan: Plan, stage: str) -> dict:
+    return json.loads((plan.store.path(stage, plan.keys[stage]) / "summary.json").read_text())
+
+
+class Links(HTMLParser):
+    """Every src and href attribute of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.src: list[str] = []
+        self.href: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href"):
+                getattr(self, k).append(v)
+
+
+def test_page_and_figures_are_local_files(tiny_run):
+    plan, link, _ = tiny_run
+    html = (link / "report.html").read_text()
+    assert "://" not in html and "url(" not in html  # no network address anywhere, CSS included
+    links = Links()
+    links.feed(html)
+    assert all(h.startswith("#") for h in links.href), links.href
+    assert sorted(links.src) == sorted(summary(plan, "report")["figures"])
+    assert {"training.png", "confusion.png", "misclassified.png", "weight_codes.png",
+            "memory.png"} <= set(links.src)
+    for src in links.src:
+        assert "/" not in src and (link / src).is_file(), src
+        with Image.open(link / src) as im:
+            assert im.format == "PNG" and im.width >= 400 and im.height >= 200, (src, im.size)
+            im.load()  # decodes every pixel: a truncated file fails here
+
+
+def test_page_shows_the_run(tiny_run):
+    plan, link, _ = tiny_run
+    html = (link / "report.html").read_text()
+    verify = summary(plan, "verify")
+    acc = verify["accuracy"]["torch"]
+    rep = summary(plan, "report")
+    assert rep["test_accuracy_int"] == acc
+    assert rep["misclassified"] == round((1 - acc) * verify["images"])
+    assert f"{100 * acc:.2f}%" in html
+    for stage in needed(plan, "report"):  # the key of every stage of this run, the report's own included
+        assert f"<td class=\"text\">{stage}</td><td class=\"text\">{plan.keys[stage]}</td>" in html, stage
+    assert "image_size: 8" in html and "widths: [16, 16]" in html and "formats: [4bitsym]" in html
+    assert "are not part of this run" in html and rep["chip_stages"] == []
+
+
+def test_code_entropy_of_the_export_matches_training(tiny_run):
+    plan, _, _ = tiny_run
+    from pipeline.export import load_packed
+    usage = report.code_usage(load_packed(plan.store.path("export", plan.keys["export"])))
+    trained = summary(plan, "train")["entropy_bits"]
+    for u in usage:
+        assert sum(u["counts"]) == u["weights"] and 0 < u["entropy"] <= u["capacity"]
+        assert u["entropy"] == pytest.approx(trained[u["name"]], abs=1e-9), u["name"]
+
+
+def test_doit_prints_where_the_page_is(tiny_run, capsys):
+    plan, link, printed = tiny_run
+    line = f"[report] open {(link / 'report.html').absolute()}"
+    assert printed.rstrip().endswith(line)
+    assert plan.up_to_date("report")  # next time it is up to date, and still says where the page is
+    assert capsys.readouterr().out.strip() == line
+
+
+def test_page_renders_in_chromium(tiny_run, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed: apt-get install chromium")
+    plan, link, _ = tiny_run
+    page = (link / "report.html").absolute()  # through runs/tiny/: the page shows the config name
+    r = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+                        "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-3000:]
+    console = [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console  # uncaught errors, CSP violations and failed loads all log here
+    n = len(summary(plan, "report")["figures"])
+    assert f'data-state="ok">page loaded: all {n} figures shown</p>' in r.stdout, r.stdout[-2000:]
+    assert 'id="config-name">tiny</div>' in r.stdout
+    assert f"{100 * summary(plan, 'verify')['accuracy']['torch']:.2f}%" in r.stdout
+
+
+def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
+    """The parts of the page that change when the integrator adds the firmware and emulate inputs."""
+    plan, _, _ = tiny_run
+    fake = {"firmware": ("e" * 24, {"flash_used": 14321, "flash_limit": 16384, "ram_used": 987,
+                                    "ram_limit": 2048}),
+            "emulate": ("f" * 24, {"inputs": {"firmware": "e" * 24}, "images": 40,
+                                   "instructions": {"mean": 123456, "min": 123400, "max": 123500},
+                                   "cycles": {"mean": 234567}})}
+    inputs = {n: plan.store.path(n, plan.keys[n]) for n in plan.stage("report").inputs}
+    for name, (key, figures) in fake.items():
+        inputs[name] = tmp_path / name / key
+        inputs[name].mkdir(parents=True)
+        (inputs[name] / "summary.json").write_text(json.dumps({"stage": name, "key": key, **figures}))
+    chip = report.chip_figures(inputs)
+    assert list(chip) == ["firmware", "emulate"]
+    html = report.chip_section(chip)
+    for text in ("instructions.mean", "123456", "cycles.mean", "234567", "flash_used", "14321"):
+        assert text in html, text
+    keys = report.store_keys(inputs, tmp_path / f"report-{'a' * 24}-x1", "report")  # the store's build folder
+    assert keys == {**{n: plan.keys[n] for n in needed(plan, "report")}, "firmware": "e" * 24, "emulate": "f" * 24,
+                    "report": "a" * 24}
+    assert list(keys)[-1] == "report"
+    export = json.loads((inputs["export"] / "summary.json").read_text())
+    _, files = report.memory_section(export, chip["firmware"], tmp_path)
+    assert files == ["memory.png"] and (tmp_path / "memory.png").is_file()
