@@ -228,8 +228,10 @@ def link(objs: Sequence[Path], out: Path, target: str) -> Path:
 
 
 def build(fw: Firmware, header: str, out: Path, images: np.ndarray | None = None,
-          labels: np.ndarray | None = None, gate: bool = True) -> Build:
-    """Build fw for the model header into out (demo mode embeds images [n, N, N] and labels [n])."""
+          labels: np.ndarray | None = None, gate: bool = True, engine_options: Sequence[str] = ()) -> Build:
+    """Build fw for the model header into out (demo mode embeds images [n, N, N] and labels [n]).
+
+    engine_options: extra engine/bitmcu.h build options (e.g. "BM_CFG_KERNELS=0"), for benchmarks."""
     if shutil.which(CC) is None:
         raise FirmwareError(f"{CC} not found: it builds the firmware. {TOOL_HINT}")
     t = TARGETS[fw.target]
@@ -246,7 +248,7 @@ def build(fw: Firmware, header: str, out: Path, images: np.ndarray | None = None
     (work / "fw_config.h").write_text(_config_header(fw, n_images))
     # only the model's formats, and the CNN driver only for a CNN: flash is 16 KB in all
     defines = [f"BM_CFG_FORMATS={model_formats(header)}", f"BM_CFG_CNN={int(has_conv(header))}"]
-    defines += [] if t.multiplier else ["BM_CFG_NO_MULTIPLY"]
+    defines += ([] if t.multiplier else ["BM_CFG_NO_MULTIPLY"]) + list(engine_options)
     objs = compile_objects([SRC / s for s in SOURCES[fw.mode]] + [ENGINE / "bitmcu.c"], work, fw.target, defines)
     engine_obj = objs[-1]
     engine_funcs = _functions(engine_obj)        # before renaming: what the no-multiply scan covers

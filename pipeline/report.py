@@ -2,7 +2,7 @@
 
 It reads what the upstream stages stored: training history (train/metrics.json), the exported
 integer model (export/model.json, its per-layer table in export/summary.json), verification
-(verify/summary.json) and, when the run has them, the firmware and emulator summaries. Test-set
+(verify/summary.json), the firmware (flash, RAM) and the emulator (instructions, cycles). Test-set
 predictions are recomputed from the exported model with the numba engine, which verify proved
 identical to the C and PyTorch integer paths, so they are the deployed model's predictions.
 """
@@ -28,7 +28,7 @@ from refimpl.model import run as run_numba
 
 PAGE = "report.html"
 SHOWN_ERRORS = 48  # misclassified digits drawn
-CHIP_STAGES = ("firmware", "emulate")  # inputs the run may have; their figures are shown when present
+CHIP_STAGES = ("firmware", "emulate")  # inputs whose summary figures the page shows as tables
 BATCH = 1000  # images per numba call: bounds the traced activations held at once
 TIMES, ARROW = "\u00d7", " \u2192 "
 
@@ -91,10 +91,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def chip_figures(inputs: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Figures of the firmware/emulate stages in this run (bookkeeping fields left out)."""
+    """Figures of the firmware/emulate stages of this run (bookkeeping fields left out)."""
     skip = {"config", "inputs", "key", "stage"}
     return {name: flatten({k: v for k, v in _summary(inputs[name]).items() if k not in skip})
-            for name in CHIP_STAGES if name in inputs}
+            for name in CHIP_STAGES}
 
 
 def model_text(model: dict[str, Any]) -> str:
@@ -179,9 +179,6 @@ def verify_section(verify: dict[str, Any]) -> str:
 
 
 def chip_section(chip: dict[str, dict[str, Any]]) -> str:
-    if not chip:
-        return ("<p>The firmware figures (instructions and estimated cycles per inference, flash and RAM "
-                "used on the chip) are not part of this run: it has no firmware or emulate stage.</p>")
     return "\n".join(f"<h3>{esc(name)}</h3>"
                      + table(["figure", "value"], [(k, fmt_value(v)) for k, v in values.items()], 2)
                      for name, values in chip.items())
@@ -225,7 +222,7 @@ def run(ctx) -> dict:
     with_figures = [("training", "Training", training_section(history, out)),
                     ("errors", "Test-set errors", errors_section(images, labels, preds, classes, out)),
                     ("codes", "Weight codes", codes_section(code_usage(model), out)),
-                    ("memory", "Memory budget", memory_section(export, chip.get("firmware", {}), out))]
+                    ("memory", "Memory budget", memory_section(export, chip["firmware"], out))]
     made = [f for _, _, (_, files) in with_figures for f in files]
     sections = [(sid, head, inner) for sid, head, (inner, _) in with_figures]
     sections += [("verify", "Accuracy per engine", verify_section(verify)),

@@ -89,7 +89,7 @@ def test_page_shows_the_run(tiny_run):
     for stage in needed(plan, "report"):  # the key of every stage of this run, the report's own included
         assert f"<td class=\"text\">{stage}</td><td class=\"text\">{plan.keys[stage]}</td>" in html, stage
     assert "image_size: 8" in html and "widths: [16, 16]" in html and "formats: [4bitsym]" in html
-    assert "are not part of this run" in html and rep["chip_stages"] == []
+    assert rep["chip_stages"] == ["firmware", "emulate"] and "cycles.mean" in html and "flash_used" in html
 
 
 def test_code_entropy_of_the_export_matches_training(tiny_run):
@@ -130,7 +130,7 @@ def test_page_renders_in_chromium(tiny_run, tmp_path):
 
 
 def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
-    """The parts of the page that change when the integrator adds the firmware and emulate inputs."""
+    """The chip section and the store keys from given firmware and emulate summaries."""
     plan, _, _ = tiny_run
     fake = {"firmware": ("e" * 24, {"flash_used": 14321, "flash_limit": 16384, "ram_used": 987,
                                     "ram_limit": 2048}),
