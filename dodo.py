@@ -131,6 +131,22 @@ def task_monitor():
     return {"actions": [_board_action(monitor)], "uptodate": [False], "verbosity": 2}
 
 
+def task_import():
+    """Turn a BitNetMCU checkpoint into a config: src=PATH.pth [name= quant= widths= cnn_width= dir=]"""
+    def action():
+        from doit.exceptions import TaskFailed
+
+        from pipeline.bitnetmcu import import_command  # imports torch: only when this task runs
+        args = {v: get_var(v, None) for v in ("src", "name", "quant", "widths", "cnn_width")}
+        try:
+            import_command(**args, folder=get_var("dir", None))
+        except config.UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return TaskFailed(str(e))
+        return None
+    return {"actions": [action], "uptodate": [False], "verbosity": 2}
+
+
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():

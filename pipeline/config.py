@@ -97,6 +97,10 @@ _KEYS: list[Key] = [
     Key("train.device", "str", "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"),
         runtime=True),
     Key("train.threads", "int", 0, "CPU threads for torch; 0 = torch's default", lo=0, hi=1024, runtime=True),
+    # import (doit import writes these presets)
+    Key("import.src", "path", None,
+        "a BitNetMCU checkpoint (.pth) that the train stage converts instead of training; its content "
+        "enters the store key"),
     # deployment
     Key("mcu.target", "str", "ch32v003", "chip: ch32v003 (no multiplier, 2 KB RAM) or ch32v002 (Zmmul, 4 KB)",
         choices=("ch32v003", "ch32v002")),
@@ -157,7 +161,7 @@ def _fmt_allowed(key: Key) -> str:
         suffix = f", {key.min_len} to {key.max_len} of them" if key.kind == "ints" else ""
         return f"{what} from {lo} to {hi}{suffix}"
     if key.kind == "path":
-        return "a folder path, or null"
+        return "a path, or null"
     if key.kind == "strs":
         return f"a name or a list of {key.min_len} to {key.max_len} names"
     return "a string"
@@ -191,7 +195,7 @@ def _check(key: Key, v: Any) -> tuple[Any, str | None]:
     if key.kind == "path":
         if v is None:
             return None, None
-        return (str(v), None) if isinstance(v, str) and v else (v, f"must be a folder path or null; got {v!r}")
+        return (str(v), None) if isinstance(v, str) and v else (v, f"must be a path or null; got {v!r}")
     if key.kind in ("ints", "strs"):
         if key.kind == "strs" and isinstance(v, str):
             v = [v]

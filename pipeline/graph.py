@@ -30,9 +30,10 @@ STAGES: tuple[Stage, ...] = (
         name="train",
         doc="Quantization-aware training on the device's integer arithmetic; resumable, deterministic",
         module="pipeline.train",
-        keys=TRAIN_KEYS,
+        keys=(*TRAIN_KEYS, "import.src"),
         runtime_keys=TRAIN_RUNTIME_KEYS,
         inputs=("data",),
+        variants=(("import.src", "pipeline.bitnetmcu"),),  # convert a BitNetMCU checkpoint instead
     ),
     Stage(
         name="export",

@@ -2,8 +2,12 @@
 
 A stage's key hashes its name, its code (its module plus every project module that module imports,
 found by reading the imports, so a helper edited in one place changes the key of every stage using
-it), the canonical values of the config keys it declares and the keys of its inputs. Keys are known
-before anything runs, so "is it up to date?" is one directory lookup.
+it), the canonical values of the config keys it declares (a `path` key's value is its file's sha256,
+so editing the file rebuilds and moving it does not; a key left at null is left out, so adding an
+optional key keeps every existing entry) and the keys of its inputs. Keys are known before anything
+runs, so "is it up to date?" is one directory lookup. A stage may have variants: another module
+implements it when a config key is set (the train stage imports a BitNetMCU checkpoint instead of
+training), and then that module's code enters the key.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.config import Config, ConfigError
-from pipeline.store import Store
+from pipeline.config import SCHEMA, Config, ConfigError
+from pipeline.store import Store, file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "refimpl", "engine", "mcu")
@@ -35,6 +39,10 @@ class Stage:
     runtime_keys: tuple[str, ...] = ()  # config keys it may read that never change the output
     inputs: tuple[str, ...] = ()  # upstream stage names
     extra_sources: tuple[str, ...] = ()  # non-Python files (C sources, linker scripts), relative to ROOT
+    variants: tuple[tuple[str, str], ...] = ()  # (config key, module): that module runs it when the key is set
+
+    def module_for(self, cfg: Config) -> str:
+        return next((m for k, m in self.variants if cfg[k] is not None), self.module)
 
 
 def _module_file(module: str) -> Path | None:
@@ -74,19 +82,30 @@ def source_files(module: str) -> tuple[Path, ...]:
     return tuple(sorted({_module_file(m) for m in seen}))
 
 
-def code_hash(stage: Stage) -> str:
+def code_hash(stage: Stage, module: str | None = None) -> str:
     h = hashlib.sha256()
-    files = list(source_files(stage.module)) + [ROOT / s for s in stage.extra_sources]
+    files = list(source_files(module or stage.module)) + [ROOT / s for s in stage.extra_sources]
     for f in sorted(files):
         h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
+def key_value(cfg: Config, key: str) -> Any:
+    """A config value as it enters a stage key: a `path` key stands for its file's content."""
+    v = cfg[key]
+    if v is None or SCHEMA[key].kind != "path":
+        return v
+    p = Path(v)
+    if not p.is_file():
+        raise ConfigError(f"{cfg.path}: {key}: {v}: no such file (allowed: an existing file, or null)")
+    return {"sha256": file_sha256(p)}
+
+
 def stage_key(stage: Stage, cfg: Config, input_keys: Mapping[str, str]) -> str:
     payload = {
         "stage": stage.name,
-        "code": code_hash(stage),
-        "keys": {k: cfg[k] for k in stage.keys},
+        "code": code_hash(stage, stage.module_for(cfg)),
+        "keys": {k: key_value(cfg, k) for k in stage.keys if cfg[k] is not None},
         "inputs": dict(sorted(input_keys.items())),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -135,7 +154,7 @@ def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str]
 
     def build(out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
-        mod = importlib.import_module(stage.module)
+        mod = importlib.import_module(stage.module_for(cfg))
         ctx = Context(stage, StageConfig(stage, cfg), out, work, inputs)
         summary = dict(mod.run(ctx))
         summary.setdefault("stage", stage.name)

@@ -18,7 +18,7 @@ from pipeline.store import Store, StoreError
 from .conftest import ROOT
 
 # The real graph's shape (keys, inputs) with bodies that only record that they ran.
-FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=()) for s in STAGES)
+FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=(), variants=()) for s in STAGES)
 
 
 def alternatives(key):
@@ -35,8 +35,8 @@ def alternatives(key):
     if k.kind == "float":
         return [v for v in (d * 0.5, d * 2, d + 1, k.lo, k.hi) if v is not None and v != d
                 and (k.lo is None or v >= k.lo) and (k.hi is None or v <= k.hi)]
-    if k.kind == "path":
-        return ["/nonexistent/elsewhere"]
+    if k.kind == "path":  # an existing file: a path key in a stage key stands for its content
+        return [__file__]
     if k.kind == "ints":
         return [d[:-1] + [d[-1] + 1], d + [d[-1]], d[:-1]]
     if k.kind == "strs":
@@ -101,6 +101,27 @@ def test_code_change_changes_key():
     finally:
         extra.unlink()
     assert len({k1, k2, stage_key(FAKE[0], cfg, {})}) == 3
+
+
+@pytest.mark.parametrize("key", sorted(k for k in SCHEMA if SCHEMA[k].kind == "path"
+                                        and any(k in s.keys for s in STAGES)))
+def test_a_path_key_stands_for_its_file_content(key, tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"one")
+    b.write_bytes(b"one")
+    base = config.from_values({})
+
+    def keys(path):
+        return Plan.make(base.replace(**{key: str(path)}), Store("/nonexistent")).keys
+
+    first = keys(a)
+    assert keys(b) == first  # same content elsewhere: nothing to rebuild
+    a.write_bytes(b"two")
+    changed = keys(a)
+    plan = Plan.make(base, Store("/nonexistent"))
+    assert {n for n in first if first[n] != changed[n]} == plan.downstream({s.name for s in STAGES if key in s.keys})
+    with pytest.raises(config.ConfigError, match=f"{key}: {tmp_path / 'gone.bin'}: no such file"):
+        keys(tmp_path / "gone.bin")
 
 
 def test_source_files_follow_imports():
@@ -212,3 +233,16 @@ def test_gc_removes_only_unlinked_entries(tmp_path):
     assert {p.name for p in removed} == {keep.keys[s.name] for s in FAKE}
     for s in FAKE:
         store.verify(s.name, gone.keys[s.name])
+
+
+def test_a_variant_module_implements_the_stage_when_its_key_is_set(tmp_path):
+    from pipeline.stage import code_hash, stage_key
+    train = next(s for s in STAGES if s.name == "train")
+    base = config.from_values({})
+    ck = tmp_path / "x.pth"
+    ck.write_bytes(b"checkpoint")
+    imported = base.replace(**{"import.src": str(ck)})
+    assert train.module_for(base) == "pipeline.train" and train.module_for(imported) == "pipeline.bitnetmcu"
+    assert code_hash(train, "pipeline.train") != code_hash(train, "pipeline.bitnetmcu")
+    # a key at null is left out of the key: declaring a new optional key kept every existing entry
+    assert stage_key(train, base, {"data": "d"}) == stage_key(replace(train, keys=train.keys[:-1]), base, {"data": "d"})
