@@ -505,3 +505,23 @@ def test_send_command_against_the_emulator(tmp_path, tiny_header, capsys):
     assert f"class {want['preds'][0]}," in out and str(want["logits"][0].tolist()) in out
     assert main(["--emulator", str(tmp_path / "firmware.elf"), "--target", "ch32v002", str(tmp_path / "no.png")]) == 1
     assert "no.png: cannot be read as an image" in capsys.readouterr().err
+
+
+@needs_rv
+def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(tmp_path, tiny_header):
+    pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
+    from engine.build import build_library, load_library, run_c
+    from mcu.emulator import Emulator
+    from pipeline.emulate import EmulateError, _demo
+
+    images, labels = pixels(4, 8, seed=3)
+    b = build(Firmware(target="ch32v003"), tiny_header, tmp_path / "fw", images, labels)
+    fw = b.summary(tmp_path / "fw")
+    same = load_library(build_library(tiny_header, tmp_path / "same"))
+    res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same)
+    assert res["images"] == 4 and res["instructions"]["min"] > 1000 and res["cycles"]["min"] > res["instructions"]["min"]
+    other = load_library(build_library(header_of(TINY, seed=7), tmp_path / "other"))
+    if (run_c(other, images, trace=False)["preds"] == run_c(same, images, trace=False)["preds"]).all():
+        pytest.skip("the two random models happen to agree on these images")
+    with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
+        _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other)
