@@ -338,7 +338,7 @@ def test_flash_with_probe_and_no_tool(tmp_path, monkeypatch):
 
 
 def test_monitor_port_choice(tmp_path):
-    with pytest.raises(PortError, match=r"no serial port found .*port=/dev/ttyXXX or the config key mcu.port"):
+    with pytest.raises(PortError, match=r"no serial port found .*port=/dev/ttyUSB0 \(your adapter\) or the config key mcu.port"):
         find_port(None, (str(tmp_path / "ttyUSB*"),))
     (tmp_path / "ttyACM3").touch()
     (tmp_path / "ttyACM1").touch()
