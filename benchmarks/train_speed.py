@@ -1,31 +1,38 @@
-"""Seconds per training epoch: `./run python benchmarks/train_speed.py [--epochs 2] [--presets default cnn64]`.
+"""Seconds per training epoch, side by side with BitNetMCU:
+`./run python benchmarks/train_speed.py [--epochs 2] [--presets default cnn64] [--bitnetmcu DIR]`.
 
 Runs the train stage's own epoch code (augmentation of a fresh copy, every optimizer step, the
 integer-path evaluation on 10,000 test images) on the real data, with each preset's settings, and
 prints seconds per epoch and training samples per second. Needs the `data` stage built for 16x16
-(`./run doit data`). BitNetMCU's figures on this machine, for comparison: about 37 s per epoch for
-FC 64/64/64 4bitsym with augmentation (120k samples) and about 125 s for its CNN-64.
+(`./run doit data`). With `--bitnetmcu DIR` (a checkout of cpldcpu/BitNetMCU) it then runs
+BitNetMCU's own training.py for the same network, epochs and samples per epoch
+(benchmarks/bitnetmcu_train.py) and prints the ratio measured in this run.
 """
 import argparse
 import statistics
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from bitnetmcu_train import PARAMS, check_checkout, seconds_per_epoch
 
 from pipeline import config
 from pipeline.graph import Plan
 from pipeline.models import build_model
 from pipeline.spec import model_spec
 from pipeline.store import Store
-from pipeline.train import epoch_images, evaluate, train_epoch
+from pipeline.train import epoch_images, evaluate, make_step, train_epoch
 
-BITNETMCU_S_PER_EPOCH = {"default": 37.0, "cnn64": 125.0}
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--epochs", type=int, default=2)
 ap.add_argument("--presets", nargs="+", default=["default", "cnn64"])
+ap.add_argument("--bitnetmcu", type=Path, help="a BitNetMCU checkout: time its training.py side by side")
 args = ap.parse_args()
+checkout = check_checkout(args.bitnetmcu) if args.bitnetmcu else None
 
 
 class _NoBar:
@@ -49,17 +56,29 @@ for preset in args.presets:
     model = build_model(model_spec(cfg))
     opt = torch.optim.Adam(model.parameters(), lr=cfg["train.lr"], fused=True)
     copies = 1 + (cfg["train.aug_copies"] if cfg["train.augment"] else 0)
+    step = make_step(cfg, model)
+    t0 = time.perf_counter()
+    bs = cfg["train.batch_size"]
+    _, loss = step(clean[:bs], labels[:bs])   # compile (when on) before the clock starts; no update
+    loss.backward()
+    opt.zero_grad(set_to_none=True)
+    print(f"{preset}: first step (compile when train.compile is on for FC) {time.perf_counter() - t0:.1f} s",
+          flush=True)
     times = []
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         model.update_clipping()
         x = epoch_images(cfg, epoch, clean, raw)
-        train_epoch(cfg, model, opt, epoch, x, labels.repeat(copies), _NoBar())
+        train_epoch(cfg, model, opt, epoch, x, labels.repeat(copies), _NoBar(), step)
         model.update_clipping()
-        evaluate(model, test_x, test_y)
+        evaluate(model, test_x, test_y, int_eval=False)
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    ref = BITNETMCU_S_PER_EPOCH.get(preset)
-    vs = f", {ref / s:.1f}x faster than BitNetMCU's ~{ref:.0f} s" if ref else ""
     print(f"{preset}: {s:.2f} s per epoch (median of {len(times)}), {len(x) / s:,.0f} samples/s, "
-          f"{len(x):,} samples per epoch{vs}", flush=True)
+          f"{len(x):,} samples per epoch", flush=True)
+    if checkout and preset in PARAMS:
+        ref = statistics.median(seconds_per_epoch(checkout, preset, args.epochs, cfg["train.batch_size"]))
+        print(f"{preset}: BitNetMCU {ref:.2f} s per epoch (median of {args.epochs}), {len(x) / ref:,.0f} "
+              f"samples/s, batch {cfg['train.batch_size']}: bitmcu is {ref / s:.1f}x faster", flush=True)
+    elif checkout:
+        print(f"{preset}: no BitNetMCU counterpart (compared presets: {', '.join(PARAMS)})")
