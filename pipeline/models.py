@@ -68,6 +68,10 @@ class QModel(nn.Module):
             self.mask = nn.Parameter(torch.ones(geo[0]["n_out"]))
         self.register_buffer("keep", torch.ones(geo[0]["n_out"], dtype=torch.bool))
         self.register_buffer("frozen", torch.tensor(False))
+        # the buffer is what checkpoints keep; this bool mirrors it so the hot path reads no tensor
+        # (a tensor read would split a torch.compile graph)
+        self.pruned = False
+        self.register_load_state_dict_post_hook(lambda m, _: setattr(m, "pruned", bool(m.frozen)))
         self.update_clipping(fresh=True)
         # learnable temperature, initialised so that the first logits have std ~ 1 (activations ~32)
         with torch.no_grad():
@@ -94,7 +98,7 @@ class QModel(nn.Module):
         out = []
         for i, layer in enumerate(self.layers):
             codes, k = layer.quant(self._weight(i))
-            if bool(self.frozen):                          # pruned units output exactly 0
+            if self.pruned:                                # pruned units output exactly 0
                 if i in self._rows:
                     codes = codes * self.keep.to(codes.dtype).view(-1, *[1] * (codes.dim() - 1))
                 if i == self._gate:
@@ -112,7 +116,7 @@ class QModel(nn.Module):
         log: dict[str, Any] = {}
         for i, layer in enumerate(self.layers):
             w, rows = self._weight(i), None
-            if bool(self.frozen):                          # pruned weights must not skew the clip
+            if self.pruned:                                # pruned weights must not skew the clip
                 if i == self._gate:
                     w = w[:, self.keep.repeat_interleave(self._col_rep)]
                 if i in self._rows:
@@ -130,7 +134,7 @@ class QModel(nn.Module):
     # ---- pruning -------------------------------------------------------------------------
     def prune_penalty(self) -> Tensor:
         """|mask|_1 while the mask is soft, else 0; the caller adds prune.l1 * this to the loss."""
-        if not hasattr(self, "mask") or bool(self.frozen):
+        if not hasattr(self, "mask") or self.pruned:
             return torch.zeros((), device=self.keep.device)
         return self.mask.abs().sum()
 
@@ -147,6 +151,7 @@ class QModel(nn.Module):
         self.mask.copy_(self.keep.float())
         self.mask.requires_grad_(False)
         self.frozen.fill_(True)
+        self.pruned = True
         return sorted(order.tolist())
 
     # ---- evaluation ----------------------------------------------------------------------
@@ -155,8 +160,12 @@ class QModel(nn.Module):
         p = pixels.to(torch.int64).reshape(-1, 1, n, n)
         return (p >> 1) - self.spec.input_zero
 
-    def forward(self, pixels: Tensor) -> Tensor:
-        """Float logits = exact integer logits * logit_scale, with straight-through gradients."""
+    def forward(self, pixels: Tensor, scaled: bool = True) -> Tensor:
+        """Float logits = exact integer logits * logit_scale, with straight-through gradients.
+
+        scaled=False returns the integer logits themselves (as exact floats): the same values and
+        argmax as int_eval, several times faster, for the per-epoch test curve.
+        """
         x = self._x0(pixels).to(torch.float32)
         if self.spec.kind == "fc":
             x = x.flatten(1)
@@ -171,7 +180,7 @@ class QModel(nn.Module):
             if layer.per_output:
                 acc = acc * torch.exp2(k.to(acc.dtype)).view(-1, *[1] * (acc.dim() - 2))
             if i == len(self.layers) - 1:
-                return (acc * torch.exp(self.logit_log_scale)).to(torch.float32)
+                return (acc * torch.exp(self.logit_log_scale)).to(torch.float32) if scaled else acc
             y = torch.relu(acc)
             if g["pool"]:
                 y = F.max_pool2d(y, 2)
@@ -190,8 +199,10 @@ class QModel(nn.Module):
             g, c = layer.g, codes.detach()
             if g["kind"] == "fc":
                 x = x.reshape(x.shape[0], -1)
-            # float64 holds these integer sums exactly (|acc| < 2^31 << 2^53); CUDA has no int64 matmul
-            acc = _apply(x.double(), c.double(), g).round().to(torch.int64)
+            # CUDA has no int64 matmul: integer sums in float are exact in float32 below 2^24 (the
+            # layer's dtype says which) and always in float64; CUDA convs may use TF32, so float64 there
+            dt = torch.float64 if x.is_cuda else layer.dtype
+            acc = _apply(x.to(dt), c.to(dt), g).round().to(torch.int64)
             kv = k.view(-1, *[1] * (acc.dim() - 2))
             if i == len(self.layers) - 1:
                 logits = acc * (1 << kv)                     # mathematical acc * 2^k
@@ -220,7 +231,7 @@ class QModel(nn.Module):
     def export_layers(self) -> list[dict[str, Any]]:
         """Everything an exporter needs per weight layer, with pruned units dropped (CONTRACT §7)."""
         self._check_exportable()
-        pruned = bool(self.frozen)
+        pruned = self.pruned
         keep = self.keep.cpu().numpy()
         out = []
         for i, (layer, (codes, k)) in enumerate(zip(self.layers, self._codes())):

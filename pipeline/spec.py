@@ -205,7 +205,7 @@ TRAIN_KEYS = tuple(SPEC_KEYS) + (
     "train.epochs", "train.batch_size", "train.lr", "train.scheduler", "train.step_size", "train.gamma",
     "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
-    "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma",
+    "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
 )
 TRAIN_RUNTIME_KEYS = ("train.device", "train.threads")
 

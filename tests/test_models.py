@@ -109,6 +109,8 @@ def test_forward_int_eval_and_oracle_agree(name, seed):
     # forward value is the integer logits times one positive constant (exact for these small layers)
     assert torch.equal(torch.round(out.double() / model.logit_scale).long(), res.logits)
     assert torch.equal(out.argmax(1), res.logits.argmax(1))
+    exact = model(x, scaled=False)                          # the per-epoch test curve's path
+    assert torch.equal(exact, exact.round()) and torch.equal(exact.to(torch.int64), res.logits)
     exported = model.export_model()
     for b in range(6):
         logits, acts, shifts = oracle(exported, x[b, 0].numpy())
@@ -156,6 +158,7 @@ def test_float64_path_for_big_layers_is_exact():
     x = _images(3, 28, 0)
     res = model.int_eval(x)
     assert torch.equal(torch.round(model(x).double() / model.logit_scale).long(), res.logits)
+    assert torch.equal(model(x, scaled=False).to(torch.int64), res.logits)
 
 
 def test_validate_messages_name_keys():

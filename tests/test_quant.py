@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from pipeline.spec import ACC_LIMIT, FORMATS, NF4_CODES, NORMS
 from pipeline.quant import (compute_clip, octav_clip,
-                            octav_objective, pow2_clip, pow2_shifts, quantize, requant, round_codes, shiftnorm)
+                            octav_objective, pow2_clip, pow2_shifts, quantize, requant, round_codes, shiftnorm,
+                            surrogate, _stats)
 
 INT_FORMATS = [f for f in FORMATS if f != "none"]
 
@@ -161,6 +162,7 @@ legal = st.integers(-ACC_LIMIT, ACC_LIMIT)
 @example([[128, 1, 0, 3, 2]])
 @example([[ACC_LIMIT, ACC_LIMIT - 1, 2**23, 1, -ACC_LIMIT]])
 @example([[255, 256, 383, 384, 1]])
+@example([[2**24 - 1, 3 * 2**17 + 2**16 - 1, 3 * 2**17 + 2**16, 1, 0]])   # float32: ties next to 2^24
 def test_shiftnorm_matches_oracle(rows):
     want = [shiftnorm_oracle(r) for r in rows]
     for dtype in (torch.int64, torch.float64):
@@ -200,3 +202,20 @@ def test_requant_value_exact_and_gradient_flows(norm):
     assert torch.equal(q.detach(), q0) and torch.equal(s, s0)
     (q * torch.randn(8, 24, generator=gen)).sum().backward()
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("shape", [(6, 20), (5, 3, 4, 4)])
+def test_requant_backward_is_the_surrogates_jacobian(norm, shape):
+    """The closed-form backward equals autograd through surrogate(y) with sigma(q) held constant."""
+    gen = torch.Generator().manual_seed(11)
+    y0 = torch.relu(torch.randint(-500, 40000, shape, generator=gen).double())
+    y0[0] = 0.0                                            # an all-zero sample (rms/lin: eps only)
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    y = y0.clone().requires_grad_(True)
+    q, _ = requant(y, norm)
+    (q * g).sum().backward()
+    ref = y0.clone().requires_grad_(True)
+    sigma_q = _stats(q.detach(), norm, 1e-5)[1]
+    (surrogate(ref, norm, 1e-5, sigma_q) * g).sum().backward()
+    torch.testing.assert_close(y.grad, ref.grad, rtol=1e-9, atol=1e-12)
