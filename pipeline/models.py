@@ -71,6 +71,7 @@ class QModel(nn.Module):
         # the buffer is what checkpoints keep; this bool mirrors it so the hot path reads no tensor
         # (a tensor read would split a torch.compile graph)
         self.pruned = False
+        self.fused_requant = False      # train.make_step turns it on for compiled CNN training
         self.register_load_state_dict_post_hook(lambda m, _: setattr(m, "pruned", bool(m.frozen)))
         self.update_clipping(fresh=True)
         # learnable temperature, initialised so that the first logits have std ~ 1 (activations ~32)
@@ -184,7 +185,7 @@ class QModel(nn.Module):
             y = torch.relu(acc)
             if g["pool"]:
                 y = F.max_pool2d(y, 2)
-            x, _ = requant(y, s.norm, s.norm_eps)
+            x, _ = requant(y, s.norm, s.norm_eps, self.fused_requant)
             x = x.to(torch.float32)
         raise AssertionError("unreachable: the last layer returns")
 

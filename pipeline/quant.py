@@ -5,6 +5,8 @@ backward pass is approximate (straight-through estimators).
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import Tensor
 
@@ -143,9 +145,14 @@ def compute_clip(w: Tensor, fmt: str, method: str, per_output: bool, prop_scale:
 
 
 def bitlen_minus7(m: Tensor) -> Tensor:
-    """max(0, bitlen(m) - 7) for non-negative int64 m, by comparisons only (no float rounding)."""
+    """max(0, bitlen(m) - 7) for non-negative integer values m (int or float dtype), as int64.
+
+    Counts the thresholds 2^7 .. 2^62 that m reaches: exact comparisons only (no log2 rounding),
+    and nothing torch.compile's CPU code generator trips over (it cannot vectorise frexp on float64).
+    """
     pows = torch.arange(7, 63, device=m.device, dtype=torch.int64)
-    return (m.unsqueeze(-1) >> pows > 0).sum(-1)
+    thresholds = torch.exp2(pows.to(m.dtype)) if m.is_floating_point() else 1 << pows
+    return (m.unsqueeze(-1) >= thresholds).sum(-1)
 
 
 def shiftnorm(acc: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,8 +172,7 @@ def shiftnorm(acc: Tensor) -> tuple[Tensor, Tensor]:
         return ((y + ((1 << sv) >> 1)) >> sv).clamp_max(127).to(acc.dtype), s
     y = acc.detach().clamp_min(0)
     m = y.reshape(b, -1).amax(1) if y[0].numel() else y.new_zeros(b)
-    e = torch.frexp(m).exponent.to(torch.int64)   # m = f * 2^e, f in [0.5, 1): e = bitlen(m), 0 for 0
-    s = (e - 7).clamp_min(0)
+    s = bitlen_minus7(m)
     # y * 2^-s has at most bitlen(m) <= 24 significant bits (53 in float64), and so has y * 2^-s + 1/2
     # (it is < 128.5): exact in y's dtype, so this is the integer round-half-up of CONTRACT §4
     q = torch.floor(y * torch.exp2(-s.to(y.dtype)).view(view) + 0.5).clamp_max(127)
@@ -193,36 +199,60 @@ def _stats(v: Tensor, norm: str, eps: float) -> tuple[Tensor, Tensor]:
     raise ValueError(f"quant.norm: unknown norm {norm!r} (allowed: {', '.join(NORMS)})")
 
 
+def _requant_forward(y: Tensor, norm: str, eps: float) -> tuple[Tensor, ...]:
+    q, s = shiftnorm(y)
+    mu, sigma = _stats(y, norm, eps)
+    return q, s, mu, sigma, _stats(q, norm, eps)[1]
+
+
+def _requant_backward(g: Tensor, y: Tensor, mu: Tensor, sigma: Tensor, sigma_q: Tensor, norm: str) -> Tensor:
+    dims = _feature_dims(y, norm)
+    if norm == "rms":       # sigma = sqrt(mean y^2 + eps): d sigma / dy = y / (n sigma)
+        inner = g - y * ((g * y).mean(dims, keepdim=True) / (sigma * sigma))
+    elif norm == "lin":     # sigma = mean|y| + eps: d sigma / dy = sign(y) / n
+        inner = g - torch.sign(y) * ((g * y).mean(dims, keepdim=True) / sigma)
+    else:                   # batchnorm: the usual closed form, biased variance
+        xhat = (y - mu) / sigma
+        inner = g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True)
+    return inner * (sigma_q / sigma)
+
+
+_FUSED: dict[str, Callable[..., Any]] = {}
+
+
+def _kernels(fused: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The two halves eagerly, or each compiled into a few fused loops (built on first use)."""
+    if not fused:
+        return _requant_forward, _requant_backward
+    if not _FUSED:
+        _FUSED.update(fwd=torch.compile(_requant_forward, dynamic=False),
+                      bwd=torch.compile(_requant_backward, dynamic=False))
+    return _FUSED["fwd"], _FUSED["bwd"]
+
+
 class _Requant(torch.autograd.Function):
     """Forward: shiftnorm(y), the contract's integers. Backward: the Jacobian of the float surrogate
     sur(y) = (y - mu(y)) / sigma(y) * sigma(q) (sigma(q) a constant), written out in closed form:
     an autograd graph of the surrogate costs ~15 extra ops per layer and step, most of the step's time.
     The surrogate is rescaled by sigma(q) so its slope has the size of the true slope ~2^-s and
     gradients keep their scale through deep stacks. tests/test_quant.py checks this backward against
-    autograd of sur(y).
+    autograd of sur(y). `fused` runs both halves through torch.compile (each is ~15 passes over a
+    CNN's feature maps when eager).
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, norm: str, eps: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        q, s = shiftnorm(y)
-        mu, sigma = _stats(y, norm, eps)
-        ctx.save_for_backward(y, mu, sigma, _stats(q, norm, eps)[1])
+    def forward(ctx, y: Tensor, norm: str, eps: float, fused: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        fwd, ctx.bwd = _kernels(fused)
+        q, s, mu, sigma, sigma_q = fwd(y, norm, eps)
+        ctx.save_for_backward(y, mu, sigma, sigma_q)
         ctx.norm = norm
         ctx.mark_non_differentiable(s)
         return q, s
 
     @staticmethod
-    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
         y, mu, sigma, sigma_q = ctx.saved_tensors
-        dims = _feature_dims(y, ctx.norm)
-        if ctx.norm == "rms":       # sigma = sqrt(mean y^2 + eps): d sigma / dy = y / (n sigma)
-            inner = g - y * ((g * y).mean(dims, keepdim=True) / (sigma * sigma))
-        elif ctx.norm == "lin":     # sigma = mean|y| + eps: d sigma / dy = sign(y) / n
-            inner = g - torch.sign(y) * ((g * y).mean(dims, keepdim=True) / sigma)
-        else:                       # batchnorm: the usual closed form, biased variance
-            xhat = (y - mu) / sigma
-            inner = g - g.mean(dims, keepdim=True) - xhat * (g * xhat).mean(dims, keepdim=True)
-        return inner * (sigma_q / sigma), None, None
+        return ctx.bwd(g, y, mu, sigma, sigma_q, ctx.norm), None, None, None
 
 
 def surrogate(y: Tensor, norm: str, eps: float, sigma_q: Tensor) -> Tensor:
@@ -231,14 +261,14 @@ def surrogate(y: Tensor, norm: str, eps: float, sigma_q: Tensor) -> Tensor:
     return (y - mu) / sigma * sigma_q
 
 
-def requant(y: Tensor, norm: str, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+def requant(y: Tensor, norm: str, eps: float = 1e-5, fused: bool = False) -> tuple[Tensor, Tensor]:
     """QAT ShiftNorm: forward value = shiftnorm(y) exactly; backward = d surrogate(y) / dy.
 
-    All-zero y gives finite gradients: eps keeps sigma(y) positive.
+    All-zero y gives finite gradients: eps keeps sigma(y) positive. fused: see _Requant.
     """
     if not y.requires_grad:
         return shiftnorm(y)
-    return _Requant.apply(y, norm, eps)
+    return _Requant.apply(y, norm, eps, fused)
 
 
 def code_entropy(codes: Tensor) -> float:

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.augment import AugmentSpec, augment
+from pipeline.ema import WeightAverage
 from pipeline.models import QModel, build_model
 from pipeline.spec import model_spec
 
@@ -79,24 +81,29 @@ def epoch_images(cfg, epoch: int, clean: torch.Tensor, raw: torch.Tensor) -> tor
 
 
 def make_step(cfg, model: QModel) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, loss) of one batch, through torch.compile for FC models when `train.compile` is on.
+    """(logits, loss) of one batch, through torch.compile when `train.compile` is on.
 
-    An FC step is ~60 small tensor ops, so Python and dispatch overhead dominate it on a CPU;
-    inductor fuses them into a few kernels, about 2.5x faster. CNN steps stay eager: their time is in
-    the convolutions, and inductor's CPU depthwise convolutions are slower than oneDNN's. Compiled
+    An FC step is ~60 small tensor ops, so Python and dispatch overhead dominate it on a CPU:
+    inductor fuses the whole step into a few kernels, about 2.5x faster. A CNN step's time is in
+    passes over its feature maps: only requant's two halves are compiled (fused loops), while the
+    convolutions stay with oneDNN, which beats inductor's CPU depthwise convolutions. Compiled
     gradients round differently from eager ones, which is why the key is part of the train stage's.
     """
+    smoothing = cfg["train.label_smoothing"]
+
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
-        return logits, F.cross_entropy(logits, y)
+        return logits, F.cross_entropy(logits, y, label_smoothing=smoothing)
 
     if cfg["train.compile"] and model.spec.kind == "fc":
         return torch.compile(step, fullgraph=True, dynamic=False)
+    model.fused_requant = bool(cfg["train.compile"])
     return step
 
 
 def train_epoch(cfg, model: QModel, opt, epoch: int, x: torch.Tensor, y: torch.Tensor, bar: tqdm,
-                step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> dict:
+                step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                ema: WeightAverage | None = None) -> dict:
     model.train()
     g = _generator(cfg["train.seed"], epoch, 2)
     order = torch.randperm(len(x), generator=g).to(x.device)
@@ -112,6 +119,8 @@ def train_epoch(cfg, model: QModel, opt, epoch: int, x: torch.Tensor, y: torch.T
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update()
         loss_sum += float(loss.detach()) * len(idx)
         correct += float((logits.detach().argmax(1) == y[idx]).sum())
         seen += len(idx)
@@ -140,6 +149,7 @@ def run(ctx) -> dict:
     model = build_model(spec).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg["train.lr"], fused=True)
     sched = _scheduler(cfg, opt)
+    ema = WeightAverage(model, cfg["train.ema"]) if cfg["train.ema"] else None
     history: list[dict] = []
     start = 0
     ckpt = ctx.work / CKPT
@@ -150,6 +160,8 @@ def run(ctx) -> dict:
         sched.load_state_dict(state["sched"])
         if state.get("pruned"):
             model.apply_pruning(spec.prune_keep)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         history, start = state["history"], state["epoch"]
         ctx.log(f"resuming after epoch {start} from {ckpt}")
 
@@ -167,27 +179,31 @@ def run(ctx) -> dict:
         steps = len(x) // cfg["train.batch_size"]
         with tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, file=sys.stderr,
                   disable=None, dynamic_ncols=True) as bar:
-            stats = train_epoch(cfg, model, opt, epoch, x, y, bar, step)
+            stats = train_epoch(cfg, model, opt, epoch, x, y, bar, step, ema)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         if cfg["prune.keep"] and epoch + 1 == cfg["prune.epoch"]:
             model.apply_pruning(spec.prune_keep)
         model.update_clipping()
-        test_acc, _ = evaluate(model, test_x, test_y, int_eval=False)
+        with ema.swapped_in(model) if ema is not None else nullcontext():  # evaluate what would be exported
+            test_acc, _ = evaluate(model, test_x, test_y, int_eval=False)
+            entropy = model.code_entropy()
         row = {"epoch": epoch + 1, **stats, "test_acc": test_acc, "lr": lr,
                "clip": {k: [round(float(v), 6) for v in np.atleast_1d(c)] if np.ndim(c) else round(float(c), 6)
                         for k, c in clips.items()},
-               "entropy": {k: round(v, 4) for k, v in model.code_entropy().items()},
+               "entropy": {k: round(v, 4) for k, v in entropy.items()},
                "seconds": round(time.perf_counter() - t0, 2), "augment_seconds": round(t_aug, 2)}
         history.append(row)
         ctx.log(f"epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
                 f"test(int) {test_acc:.4f} lr {lr:.2e} {row['seconds']:.1f}s")
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "epoch": epoch + 1,
+                    "history": history, "epoch": epoch + 1, "ema": ema.state_dict() if ema is not None else None,
                     "pruned": bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])}, tmp)
         os.replace(tmp, ckpt)
 
+    if ema is not None:
+        ema.apply(model)
     model.update_clipping()
     test_acc, preds = evaluate(model, test_x, test_y)
     torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / "model.pt")

@@ -204,16 +204,18 @@ def test_requant_value_exact_and_gradient_flows(norm):
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("shape", [(6, 20), (5, 3, 4, 4)])
-def test_requant_backward_is_the_surrogates_jacobian(norm, shape):
-    """The closed-form backward equals autograd through surrogate(y) with sigma(q) held constant."""
+@pytest.mark.parametrize("norm,shape,fused", [(n, s, False) for n in NORMS for s in [(6, 20), (5, 3, 4, 4)]]
+                         + [("rms", (5, 3, 4, 4), True)])
+def test_requant_backward_is_the_surrogates_jacobian(norm, shape, fused):
+    """The closed-form backward (eager, or compiled as CNN training runs it) equals autograd through
+    surrogate(y) with sigma(q) held constant; the forward value is shiftnorm's either way."""
     gen = torch.Generator().manual_seed(11)
     y0 = torch.relu(torch.randint(-500, 40000, shape, generator=gen).double())
     y0[0] = 0.0                                            # an all-zero sample (rms/lin: eps only)
     g = torch.randn(shape, generator=gen, dtype=torch.float64)
     y = y0.clone().requires_grad_(True)
-    q, _ = requant(y, norm)
+    q, _ = requant(y, norm, fused=fused)
+    assert torch.equal(q.detach(), shiftnorm(y0)[0])
     (q * g).sum().backward()
     ref = y0.clone().requires_grad_(True)
     sigma_q = _stats(q.detach(), norm, 1e-5)[1]

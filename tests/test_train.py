@@ -9,7 +9,10 @@ import time
 import torch
 
 from pipeline import config
+from pipeline.ema import WeightAverage
 from pipeline.graph import Plan
+from pipeline.models import build_model
+from pipeline.spec import model_spec
 from pipeline.store import Store
 
 from .conftest import ROOT
@@ -53,7 +56,9 @@ def test_same_config_same_weights(tmp_path, mnist_dir):
 
 
 def test_killed_training_resumes_to_the_same_weights(tmp_path, mnist_dir):
-    text = TINY.read_text().replace("epochs: 2", "epochs: 4").replace("train_limit: 512", "train_limit: 3000")
+    # with a weight average, whose state the checkpoint must carry too
+    text = (TINY.read_text().replace("epochs: 2", "epochs: 4").replace("train_limit: 512", "train_limit: 3000")
+            + "  ema: 0.9\n")
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(text)
     cfg = config.load(cfg_path)
@@ -78,3 +83,21 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, mnist_dir):
     straight = weights(tmp_path / "straight", build(tmp_path / "straight", cfg))
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
+
+
+def test_weight_average_swaps_in_and_back_exactly():
+    torch.manual_seed(0)
+    model = build_model(model_spec(config.load(TINY)))
+    ema = WeightAverage(model, 0.75)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()                                   # avg = 0.75 * w0 + 0.25 * (w0 + 1)
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    with ema.swapped_in(model):
+        w = model.layers[0].weight
+        assert torch.allclose(w, before["layers.0.weight"] + 0.25)
+        assert not torch.equal(model.layers[0].clip, trained["layers.0.clip"])   # clips follow the average
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, trained[k]), k
