@@ -16,6 +16,7 @@ runs without the flash wait state (../shared/reference/ch32v003.md).
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -33,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "mcu" / "src"
 ENGINE = ROOT / "engine"
 SOURCES = {"demo": ("start.S", "system.c", "demo.c"), "serial": ("start.S", "system.c", "serial.c")}
-CC, OBJCOPY, OBJDUMP = "riscv64-unknown-elf-gcc", "riscv64-unknown-elf-objcopy", "riscv64-unknown-elf-objdump"
+# Debian's toolchain prefix unless BITMCU_CROSS names another (flake.nix's shell: riscv64-none-elf-)
+CROSS = os.environ.get("BITMCU_CROSS", "riscv64-unknown-elf-")
+CC, OBJCOPY, OBJDUMP = CROSS + "gcc", CROSS + "objcopy", CROSS + "objdump"
 CFLAGS = ["-Os", "-g", "-std=c99", "-ffreestanding", "-nostdlib", "-nostartfiles", "-ffunction-sections",
           "-fdata-sections", "-fstack-usage", "-Wall", "-Wextra", "-Werror"]
 # The loops over the weights (row dot products, fc and conv kernels and their helpers): the code

@@ -5,9 +5,9 @@ import subprocess
 import pytest
 
 from mcu import cycles as cm
+from mcu.build import CC  # the cross compiler (BITMCU_CROSS may name another)
 from mcu.emulator import Emulator, EmulatorError
 
-CC = "riscv64-unknown-elf-gcc"
 pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason=f"{CC} not found (apt-get install gcc-riscv64-unknown-elf)")
 
 # Common frame: _start sets sp, runs BODY, then calls fw_halt. fw_getc(a0 = timeout) polls USART1 like

@@ -17,13 +17,13 @@ from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_
 from engine.header import MODEL_BYTES, layout, render_header
 from pipeline.packing import codes_per_word, pack
 from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec, layer_bound
+from mcu.build import CC as RV_CC  # the cross compiler (BITMCU_CROSS may name another)
 from refimpl.kernels import FORMAT_IDS
 from refimpl.model import from_export, run
 from tests import naive
 from tests.strategies import EXPORTABLE, MODEL_SPECS, conv_cases, fc_cases, random_model, shiftnorm_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
-RV_CC = "riscv64-unknown-elf-gcc"
 MULFREE = sum(1 << FORMAT_IDS[f] for f in EXPORTABLE if FORMATS[f].multiplier_free)
 BM_OK, BM_ERR_ARG, BM_ERR_FORMAT = 0, -1, -2
 
