@@ -27,9 +27,11 @@ typedef int32_t (*bm__dot_fn)(const uint32_t *row, const int8_t *x, int32_t n);
 #define BM__HOT
 #endif
 
-/* a * b for small non-negative sizes, by shift and add (no multiply instruction or libcall). */
+/* a * b for small non-negative sizes: with BM_CFG_NO_MULTIPLY by shift and add (no multiply instruction or
+   libcall), else with the core's multiply. */
 static uint32_t bm__umul(uint32_t a, uint32_t b)
 {
+#ifdef BM_CFG_NO_MULTIPLY
     uint32_t r = 0;
     while (b != 0u) {
         if (b & 1u)
@@ -38,6 +40,9 @@ static uint32_t bm__umul(uint32_t a, uint32_t b)
         b >>= 1;
     }
     return r;
+#else
+    return a * b;                 /* a core that multiplies (BM_CFG_NO_MULTIPLY not defined) */
+#endif
 }
 
 /* q with a == q * b exactly (b >= 1), by subtraction; -1 when b does not divide a. */
@@ -790,30 +795,58 @@ typedef struct bm__cw {
    sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. */
 static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
-    uint32_t word = 0, per = bm__codes_per_word(fmt);
-    int32_t left = 0;
-#if BM__HAS(BM_FMT_TERNARY)
-    uint32_t t = 0, trits = 0;
+    int32_t *end = w + n;
+    uint32_t word = 0, left = 0;
+/* one loop per format (a format switch per weight costs more than the weight): field f of b bits -> v */
+#define BM__DECODE(b, v)                                                                             \
+    for (; w != end; w++) {                                                                          \
+        uint32_t f;                                                                                  \
+        int32_t v_;                                                                                  \
+        if (left == 0u) {                                                                            \
+            word = *row++;                                                                           \
+            left = 32u / (b);                                                                        \
+        }                                                                                            \
+        left--;                                                                                      \
+        f = word & ((1u << (b)) - 1u);                                                               \
+        word >>= (b);                                                                                \
+        v_ = (v);                                                                                    \
+        *w = v_ >= 0 ? v_ << k : -((-v_) << k);                                                      \
+    }
+    (void)word;
+    (void)left;
+    switch (fmt) {
+    case BM_FMT_BINARY:
+    case BM_FMT_BINARYBALANCED:
+        BM__DECODE(1u, f ? 1 : -1)
+        break;
+    case BM_FMT_2BITSYM:                           /* bit1 sign, bit0 m: +-(2m+1) */
+        BM__DECODE(2u, (f & 2u) ? -(int32_t)((f & 1u) * 2u + 1u) : (int32_t)((f & 1u) * 2u + 1u))
+        break;
+    case BM_FMT_4BITSYM:                           /* bit3 sign, bits 0..2 m: +-(2m+1) */
+        BM__DECODE(4u, (f & 8u) ? -(int32_t)(((f & 7u) << 1) + 1u) : (int32_t)(((f & 7u) << 1) + 1u))
+        break;
+    case BM_FMT_FP130:                             /* bit3 sign, bits 0..2 e: +-2^e */
+        BM__DECODE(4u, (f & 8u) ? -((int32_t)1 << (f & 7u)) : (int32_t)1 << (f & 7u))
+        break;
+    case BM_FMT_8BIT:
+        BM__DECODE(8u, bm__code_8bit(f))
+        break;
+#if BM__HAS(BM_FMT_NF4)
+    case BM_FMT_NF4:
+        BM__DECODE(4u, bm__nf4[f])
+        break;
 #endif
-    for (; n > 0; n--) {
-        int32_t v;
-        if (left == 0) {
-            word = *row++;
-            left = (int32_t)per;
 #if BM__HAS(BM_FMT_TERNARY)
-            trits = 0;
-#endif
-        }
-        left--;
-        switch (fmt) {
-        case BM_FMT_BINARY:
-        case BM_FMT_BINARYBALANCED:
-            v = (word & 1u) ? 1 : -1;
-            word >>= 1;
-            break;
-#if BM__HAS(BM_FMT_TERNARY)
-        case BM_FMT_TERNARY: {
-            uint32_t q;
+    case BM_FMT_TERNARY: {                         /* 5 base-3 digits per byte: 0, 1, 2 -> 0, +1, -1 */
+        uint32_t t = 0, trits = 0;
+        for (; w != end; w++) {
+            uint32_t q, d;
+            if (left == 0u) {
+                word = *row++;
+                left = 20;
+                trits = 0;
+            }
+            left--;
             if (trits == 0u) {
                 t = word & 255u;
                 word >>= 8;
@@ -821,43 +854,18 @@ static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t
             }
             trits--;
             q = bm__div3(t);
-            v = t - (q + q + q) == 1u ? 1 : t - (q + q + q) == 2u ? -1 : 0;
+            d = t - (q + q + q);
             t = q;
-            break;
+            *w = d == 0u ? 0 : d == 1u ? (int32_t)1 << k : -((int32_t)1 << k);
         }
-#endif
-        case BM_FMT_2BITSYM:
-            v = (word & 1u) ? 3 : 1;
-            v = (word & 2u) ? -v : v;
-            word >>= 2;
-            break;
-        case BM_FMT_4BITSYM:
-            v = (int32_t)((word & 7u) << 1) + 1;
-            v = (word & 8u) ? -v : v;
-            word >>= 4;
-            break;
-        case BM_FMT_FP130:
-            v = (int32_t)1 << (word & 7u);
-            v = (word & 8u) ? -v : v;
-            word >>= 4;
-            break;
-        case BM_FMT_8BIT:
-            v = bm__code_8bit(word & 255u);
-            word >>= 8;
-            break;
-#if BM__HAS(BM_FMT_NF4)
-        case BM_FMT_NF4:
-            v = bm__nf4[word & 15u];
-            word >>= 4;
-            break;
-#endif
-        default:                                   /* 4bit */
-            v = bm__code_4bit(word & 15u);
-            word >>= 4;
-            break;
-        }
-        *w++ = v >= 0 ? v << k : -((-v) << k);
+        break;
     }
+#endif
+    default:                                       /* 4bit, two's complement */
+        BM__DECODE(4u, bm__code_4bit(f))
+        break;
+    }
+#undef BM__DECODE
 }
 
 /* The window at p (3 rows of 3 values, s bytes apart) times the weights w: acc * 2^k before the ReLU. A
@@ -911,6 +919,11 @@ static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
     } while (0)
 
 #if BM__CONV_MUL
+#if defined(__GNUC__)
+#define BM__FRESH(ptr) __asm__("" : "+r"(ptr))
+#else
+#define BM__FRESH(ptr) ((void)0)
+#endif
 /* a0 += row t[0..2] . w[0..2] and a1 += row t[1..3] . w[0..2] */
 #define BM__ROW2(a0, a1, t, w)                                                                       \
     do {                                                                                             \
@@ -942,8 +955,10 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
             int32_t a0 = 0, a1 = 0;
             BM__ROW2(a0, a1, t, cw->w);
             t += s;
+            BM__FRESH(t);
             BM__ROW2(a0, a1, t, cw->w + 3);
             t += s;
+            BM__FRESH(t);
             BM__ROW2(a0, a1, t, cw->w + 6);
             BM__REQUANT(a0, o[0]);
             BM__REQUANT(a1, o[1]);
@@ -963,6 +978,80 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
     return top;
 }
 #endif
+
+#if BM__CONV_MUL
+/* a0 += row t[0..2] . w, a1 += t[1..3] . w, b0 += u[0..2] . w, b1 += u[1..3] . w: each weight loaded once */
+#define BM__ROW4(a0, a1, b0, b1, t, u, w)                                                            \
+    do {                                                                                             \
+        int32_t wk_ = (w)[0], xa_ = (t)[0], xb_ = (t)[1], ya_ = (u)[0], yb_ = (u)[1];                \
+        a0 += xa_ * wk_;                                                                             \
+        a1 += xb_ * wk_;                                                                             \
+        b0 += ya_ * wk_;                                                                             \
+        b1 += yb_ * wk_;                                                                             \
+        wk_ = (w)[1];                                                                                \
+        xa_ = (t)[2];                                                                                \
+        ya_ = (u)[2];                                                                                \
+        a0 += xb_ * wk_;                                                                             \
+        a1 += xa_ * wk_;                                                                             \
+        b0 += yb_ * wk_;                                                                             \
+        b1 += ya_ * wk_;                                                                             \
+        wk_ = (w)[2];                                                                                \
+        xb_ = (t)[3];                                                                                \
+        yb_ = (u)[3];                                                                                \
+        a0 += xa_ * wk_;                                                                             \
+        a1 += xb_ * wk_;                                                                             \
+        b0 += ya_ * wk_;                                                                             \
+        b1 += yb_ * wk_;                                                                             \
+    } while (0)
+#endif
+
+/* bm__conv_q followed by the 2x2 max-pool, for r < nr, c < nc pooled outputs: P = max(0, the 4 values of
+   the windows (2r + i, 2c + j), i, j < 2) requantized into out[r s + c] (out may equal x: the block (r, c)
+   is the last to read x[r s + c]), or, when o32 is not NULL, P itself into o32[r nc + c] (a compact map). Pool
+   first, requant second: the same values (CONTRACT §6). Returns the OR of every P. */
+BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
+                                      const bm__cw *cw, uint32_t g, int32_t *o32)
+{
+    int32_t half = ((int32_t)1 << g) >> 1;
+    uint32_t top = 0;
+    for (; nr > 0u; nr--, x += s + s, out += s) {
+        const int8_t *p = x;
+        int8_t *o = out;
+        uint32_t left;
+        for (left = nc; left > 0u; left--, p += 2) {
+            int32_t a0, a1, b0, b1;
+#if BM__CONV_MUL
+            const int8_t *t = p, *u = p + s;
+            a0 = a1 = b0 = b1 = 0;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w);
+            t = u;
+            u += s;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w + 3);
+            t = u;
+            u += s;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w + 6);
+#else
+            a0 = BM__WIN(p, s, cw);
+            a1 = BM__WIN(p + 1, s, cw);
+            b0 = BM__WIN(p + s, s, cw);
+            b1 = BM__WIN(p + s + 1, s, cw);
+#endif
+            a0 = a1 > a0 ? a1 : a0;
+            b0 = b1 > b0 ? b1 : b0;
+            a0 = b0 > a0 ? b0 : a0;
+            if (o32 != NULL) {
+                a0 = a0 > 0 ? a0 : 0;
+                top |= (uint32_t)a0;
+                *o32++ = a0;
+            } else
+                BM__REQUANT(a0, *o++);
+        }
+    }
+    return top;
+}
 
 /* The same conv, not requantized: out[r nc + c] = y, or without relu the signed acc * 2^k (CONTRACT §3's
    final-layer value); out is a compact [nr][nc] map. */
@@ -1101,13 +1190,33 @@ static int32_t bm__max0(const int32_t *y, uint32_t n)
     return m;
 }
 
-/* The smallest s >= 0 with (m >> s) <= top, for m >= 0 (top 127: ShiftNorm's s). */
-static int32_t bm__shift_to(int32_t m, int32_t top)
+/* The smallest s >= 0 with (m >> s) < 2^bits, for m >= 0 (bits 7: ShiftNorm's s, (m >> s) <= 127), which
+   is the bit length of m >> bits, found in five steps. */
+static int32_t bm__shift_to(int32_t m, int32_t bits)
 {
+    uint32_t v = (uint32_t)m >> bits;
     int32_t s = 0;
-    while ((m >> s) > top)
-        s++;
-    return s;
+    if (v >> 16) {
+        v >>= 16;
+        s += 16;
+    }
+    if (v >> 8) {
+        v >>= 8;
+        s += 8;
+    }
+    if (v >> 4) {
+        v >>= 4;
+        s += 4;
+    }
+    if (v >> 2) {
+        v >>= 2;
+        s += 2;
+    }
+    if (v >> 1) {
+        v >>= 1;
+        s += 1;
+    }
+    return s + (int32_t)v;
 }
 
 /* ShiftNorm's output for a known shift s in [0, 24]: min((max(y, 0) + ((1 << s) >> 1)) >> s, 127). */
@@ -1126,7 +1235,7 @@ int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out)
     int32_t s;
     if (y == NULL || out == NULL || n < 0)
         return BM_ERR_ARG;
-    s = bm__shift_to(bm__max0(y, (uint32_t)n), 127);
+    s = bm__shift_to(bm__max0(y, (uint32_t)n), 7);
     bm__requant(y, (uint32_t)n, s, out);
     return s;
 }
@@ -1160,22 +1269,6 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
    the C*H*W cached values, C exponents, then four bytes per conv layer: guess (the shifts used, kept from run
    to run), meas (the shifts measured), hot (a channel that reached its layer's shift, kept from run to run)
    and seen (the same for the pass under way). */
-
-/* 2x2 max-pool of the int8 map x ([2 nr][2 nc], rows s bytes apart) into x[r s + c], r < nr, c < nc, in
-   place: every later window reads beyond the value written. Max-pool and requant commute (CONTRACT §6). */
-static void bm__pool_q(int8_t *x, uint32_t s, uint32_t nr, uint32_t nc)
-{
-    const int8_t *r0 = x;
-    for (; nr > 0u; nr--, x += s, r0 += s + s) {
-        const int8_t *a = r0, *b = r0 + s;
-        int8_t *o = x, *end = x + nc;
-        for (; o != end; a += 2, b += 2) {
-            int8_t v = a[0] > a[1] ? a[0] : a[1];
-            v = b[0] > v ? b[0] : v;
-            *o++ = b[1] > v ? b[1] : v;
-        }
-    }
-}
 
 /* 1 when c is one of list[0..n). */
 static int32_t bm__listed(const uint8_t *list, uint32_t n, uint32_t c)
@@ -1274,13 +1367,15 @@ static bm_status bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t 
                 bm__cw_set(&cw, lay->format, lay->words + bm__umul(c, lay->row_words),
                            lay->out_shifts != NULL ? lay->out_shifts[c] : 0u);
                 if (j < nh) {
-                    s = (uint32_t)bm__shift_to((int32_t)bm__conv_q(x, m->chan, nn, h, w, &cw, guess[j]), 127);
-                    x = m->chan;
+                    uint32_t top;
                     if (lay->pool) {
                         h >>= 1;
                         w >>= 1;
-                        bm__pool_q(m->chan, nn, h, w);
-                    }
+                        top = bm__conv_pool(x, m->chan, nn, h, w, &cw, guess[j], NULL);
+                    } else
+                        top = bm__conv_q(x, m->chan, nn, h, w, &cw, guess[j]);
+                    s = (uint32_t)bm__shift_to((int32_t)top, 7);
+                    x = m->chan;
                     if (i == 0u || s > meas[j])
                         seen[j] = (uint8_t)c;
                     if (s > meas[j])
@@ -1304,15 +1399,17 @@ static bm_status bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t 
                     const int32_t *y = m->acc;
                     uint8_t *f;
                     int32_t top, a;
-                    bm__conv_y(x, nn, h, w, &cw, 1, m->acc);
-                    if (lay->pool)
-                        bm_maxpool2(m->acc, 1, (int32_t)h, (int32_t)w, m->acc);
                     plane = bm__umul(lay->out_h, lay->out_w);
-                    top = bm__max0(m->acc, plane);
-                    s = (uint32_t)bm__shift_to(top, 127);
+                    if (lay->pool)
+                        top = (int32_t)bm__conv_pool(x, m->chan, nn, h >> 1, w >> 1, &cw, 0, m->acc);
+                    else {
+                        bm__conv_y(x, nn, h, w, &cw, 1, m->acc);
+                        top = bm__max0(m->acc, plane);
+                    }
+                    s = (uint32_t)bm__shift_to(top, 7);
                     if (s > meas[j])
                         meas[j] = (uint8_t)s;
-                    a = bm__shift_to(top, 255);
+                    a = bm__shift_to(top, 8);
                     exps[c] = (uint8_t)a;
                     for (f = cache + bm__umul(c, plane), h = plane; h > 0u; h--)
                         *f++ = (uint8_t)(*y++ >> a);
