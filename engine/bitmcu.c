@@ -795,7 +795,7 @@ typedef struct bm__cw {
    sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. */
 static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
-    int32_t *end = w + n;
+    int32_t *end = w + n, pk = (int32_t)1 << k;   /* BM__CONV_MUL: the core multiplies */
     uint32_t word = 0, left = 0;
 /* one loop per format (a format switch per weight costs more than the weight): field f of b bits -> v */
 #define BM__DECODE(b, v)                                                                             \
@@ -810,7 +810,7 @@ static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t
         f = word & ((1u << (b)) - 1u);                                                               \
         word >>= (b);                                                                                \
         v_ = (v);                                                                                    \
-        *w = v_ >= 0 ? v_ << k : -((-v_) << k);                                                      \
+        *w = v_ * pk;                                                                                \
     }
     (void)word;
     (void)left;
@@ -828,8 +828,8 @@ static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t
     case BM_FMT_FP130:                             /* bit3 sign, bits 0..2 e: +-2^e */
         BM__DECODE(4u, (f & 8u) ? -((int32_t)1 << (f & 7u)) : (int32_t)1 << (f & 7u))
         break;
-    case BM_FMT_8BIT:
-        BM__DECODE(8u, bm__code_8bit(f))
+    case BM_FMT_8BIT:                              /* two's complement: f - 256 when bit 7 is set */
+        BM__DECODE(8u, (int32_t)f - (int32_t)((f & 128u) << 1))
         break;
 #if BM__HAS(BM_FMT_NF4)
     case BM_FMT_NF4:
@@ -856,7 +856,7 @@ static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t
             q = bm__div3(t);
             d = t - (q + q + q);
             t = q;
-            *w = d == 0u ? 0 : d == 1u ? (int32_t)1 << k : -((int32_t)1 << k);
+            *w = d == 0u ? 0 : d == 1u ? pk : -pk;
         }
         break;
     }
@@ -977,7 +977,6 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
     }
     return top;
 }
-#endif
 
 #if BM__CONV_MUL
 /* a0 += row t[0..2] . w, a1 += t[1..3] . w, b0 += u[0..2] . w, b1 += u[1..3] . w: each weight loaded once */
@@ -1052,6 +1051,7 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
     }
     return top;
 }
+#endif /* BM_CFG_CNN */
 
 /* The same conv, not requantized: out[r nc + c] = y, or without relu the signed acc * 2^k (CONTRACT §3's
    final-layer value); out is a compact [nr][nc] map. */

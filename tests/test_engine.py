@@ -98,7 +98,9 @@ def test_fc_matches_naive(fclib, case):
 
 @settings(max_examples=60, deadline=None)
 @given(conv_cases())
-def test_conv3x3_matches_naive(klib, case):
+def test_conv3x3_matches_naive(fclib, case):
+    """Every conv variant: decoded weights times x (fast kernels), gathered windows and row dot products (ref)."""
+    klib = fclib
     x, c, fmt = np.ascontiguousarray(case["x"]), case["codes"], case["fmt"]
     words, rw = pack(c, fmt)
     b, cin, h, w = x.shape
@@ -426,9 +428,9 @@ CNN_TABLES = [(9, 3, (0,)), (11, 2, (1,)), (19, 5, (0, 1, 0, 1)), (16, 6, (1, 0,
 CNN_TABLE_IDS = [f"n{n}-c{c}-pools{''.join(map(str, p))}" for n, c, p in CNN_TABLES]
 
 
-def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int) -> dict:
-    """conv1 and len(pools) - 1 depthwise layers, then 1 or 2 fc layers; each layer a random format, random
-    codes and random per-output shifts up to the largest the bound allows (an export_model() dict)."""
+def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int, fmts: tuple[str, ...] = EXPORTABLE) -> dict:
+    """conv1 and len(pools) - 1 depthwise layers, then 1 or 2 fc layers; each layer a random format of fmts,
+    random codes and random per-output shifts up to the largest the bound allows (an export_model() dict)."""
     rng = np.random.default_rng(seed)
     layers, h = [], n
     for j, pool in enumerate(pools):
@@ -441,7 +443,7 @@ def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int) -> dict
         layers.append(dict(name=f"fc{i + 1}", kind="fc", n_out=dims[i + 1], n_in=dims[i], groups=1,
                            in_shape=(dims[i],), out_shape=(dims[i + 1],), pool=False))
     for i, lay in enumerate(layers):
-        fmt = str(rng.choice(EXPORTABLE))
+        fmt = str(rng.choice(fmts))
         top = max(k for k in range(MAX_OUT_SHIFT + 1) if layer_bound(lay["n_in"], fmt, k) <= ACC_LIMIT)
         codes = rng.choice(np.array(FORMATS[fmt].codes, dtype=np.int64), (lay["n_out"], lay["n_in"]))
         lay.update(format=fmt, codes=codes, out_shifts=rng.integers(0, top + 1, lay["n_out"]),
@@ -466,6 +468,22 @@ def test_streamed_cnn_matches_refimpl(i, cnn_tables, build_dir):
     assert np.array_equal(run_c(lib, px, trace=False)["logits"], run(model, px)["logits"])
     info, sizes = model_info(lib), layout(model)
     assert {k: info[k] for k in sizes if k in info} == {k: v for k, v in sizes.items() if k in info}
+
+
+MULFREE_FORMATS = tuple(f for f in EXPORTABLE if FORMATS[f].multiplier_free)
+
+
+@pytest.mark.parametrize("kernels", ["ref", "fast"])
+def test_streamed_cnn_multiplier_free_matches_refimpl(kernels, build_dir):
+    """BM_CFG_NO_MULTIPLY (the CH32V003): the conv kernels gather each window for the row dot products instead of
+    multiplying decoded weights; same results on every layer, conv1 with and without a pool, odd and even maps."""
+    for i, (n, c, pools) in enumerate(CNN_TABLES):
+        model = from_export(_cnn_table_export(n, c, pools, seed=50 + i, fmts=MULFREE_FORMATS))
+        lib = load_library(build_library(render_header(model), build_dir,
+                                         defines=["BM_CFG_NO_MULTIPLY", KERNELS[kernels]]))
+        px = _pixels(n, seed=200 + i)
+        for order in (px, px[::-1]):
+            assert_same_run(run_c(lib, order, trace=True), run(model, order))
 
 
 @pytest.mark.parametrize("table,define", [(3, "BM_ACC_WORDS"), (0, "BM_ACT_BYTES"), (3, "BM_CHAN_BYTES"),
