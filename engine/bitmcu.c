@@ -16,6 +16,8 @@
 #include "bitmcu.h"
 
 #define BM__HAS(id) (((BM_CFG_FORMATS) >> (id)) & 1u)
+#define BM__HAS_FC(id) (((BM_CFG_FC_FORMATS) >> (id)) & 1u)        /* bm_fc's formats */
+#define BM__HAS_CONV(id) (((BM_CFG_CONV_FORMATS) >> (id)) & 1u)    /* bm_conv3x3's and the CNN driver's */
 
 typedef int32_t (*bm__dot_fn)(const uint32_t *row, const int8_t *x, int32_t n);
 
@@ -68,7 +70,7 @@ static int32_t bm__div_exact(int32_t a, int32_t b)
 /* ---- weight fields ------------------------------------------------------------------------- */
 
 /* Two's complement fields of 4bit ([-8, 7]) and 8bit ([-128, 127]), written as a subtraction rather
-   than a cast (CONTRACT §10.6). Shared by the dot kernels and bm__decode_row. */
+   than a cast (CONTRACT §10.6). Shared by the dot kernels and bm__conv_decode. */
 static inline int32_t bm__code_4bit(uint32_t f)
 {
     return f >= 8u ? (int32_t)f - 16 : (int32_t)f;
@@ -79,7 +81,7 @@ static inline int32_t bm__code_8bit(uint32_t f)
     return f >= 128u ? (int32_t)f - 256 : (int32_t)f;
 }
 
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS(BM_FMT_TERNARY) && (!BM__CONV_MUL || BM__HAS_CONV(BM_FMT_TERNARY))
 /* t / 3 for t <= 255: (t * 171) >> 9 written as shifts and adds. */
 static uint32_t bm__div3(uint32_t t)
 {
@@ -87,7 +89,7 @@ static uint32_t bm__div3(uint32_t t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_NF4)
+#if BM__HAS(BM_FMT_NF4) && (!BM__CONV_MUL || BM__HAS_CONV(BM_FMT_NF4))
 static const int8_t bm__nf4[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
                                    10, 20, 31, 43, 56, 71, 92, 127};
 #endif
@@ -317,10 +319,10 @@ static bm__dot_fn bm__dot_for(int32_t fmt)
 }
 #endif /* !BM__CONV_MUL */
 
-/* 1 when fmt is a format id that is compiled in (BM_CFG_FORMATS). */
-static int32_t bm__fmt_ok(int32_t fmt)
+/* 1 when fmt is a format id in the bit mask set (BM_CFG_FC_FORMATS or BM_CFG_CONV_FORMATS). */
+static int32_t bm__fmt_in(int32_t fmt, uint32_t set)
 {
-    return fmt >= 0 && fmt < BM_FMT_COUNT && BM__HAS((uint32_t)fmt);
+    return fmt >= 0 && fmt < BM_FMT_COUNT && ((set >> fmt) & 1u);
 }
 
 /* Codes per packed word of a known format. */
@@ -371,8 +373,8 @@ static int32_t bm__out_shift(int32_t acc, uint32_t k, int32_t relu)
 #define BM__NIB_FMTS (BM_FMT_BIT(BM_FMT_BINARY) | BM_FMT_BIT(BM_FMT_BINARYBALANCED) |                   \
                       BM_FMT_BIT(BM_FMT_2BITSYM) | BM_FMT_BIT(BM_FMT_4BITSYM) | BM_FMT_BIT(BM_FMT_FP130) | \
                       BM_FMT_BIT(BM_FMT_4BIT) | BM_FMT_BIT(BM_FMT_NF4))
-#define BM__HAS_NIB (((BM_CFG_FORMATS) & BM__NIB_FMTS) != 0u)
-#define BM__HAS_COLS (BM__HAS_NIB || BM__HAS(BM_FMT_TERNARY))
+#define BM__HAS_NIB (((BM_CFG_FC_FORMATS) & BM__NIB_FMTS) != 0u)
+#define BM__HAS_COLS (BM__HAS_NIB || BM__HAS_FC(BM_FMT_TERNARY))
 
 #if BM__HAS_COLS
 #define BM__TAB_WORD 128        /* int16 per word column: 8 fields x 16 values, or 4 bytes x 32 masks */
@@ -436,7 +438,7 @@ BM__HOT static void bm__rows_nib2(const uint32_t *w, uint32_t stride, int32_t *a
 #endif
 #endif
 
-#if BM__HAS(BM_FMT_4BITSYM)
+#if BM__HAS_FC(BM_FMT_4BITSYM)
 /* field s m: +-(2m+1) x, the odd multiples by adding 2x */
 BM__HOT static void bm__tab_4bitsym(const int8_t *x, int16_t *t)
 {
@@ -455,7 +457,7 @@ BM__HOT static void bm__tab_4bitsym(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_FP130)
+#if BM__HAS_FC(BM_FMT_FP130)
 /* field s e: +-2^e x, by doubling (an addition: x may be negative) */
 BM__HOT static void bm__tab_fp130(const int8_t *x, int16_t *t)
 {
@@ -474,7 +476,7 @@ BM__HOT static void bm__tab_fp130(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_2BITSYM)
+#if BM__HAS_FC(BM_FMT_2BITSYM)
 /* Field p holds inputs 2p (bits 0-1) and 2p+1 (bits 2-3); a 2-bit field f is +1, +3, -1, -3 for
    f = 0..3, so t[4 f1 + f0] = c(f0) x0 + c(f1) x1. */
 BM__HOT static void bm__tab_2bitsym(const int8_t *x, int16_t *t)
@@ -498,7 +500,7 @@ BM__HOT static void bm__tab_2bitsym(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_BINARY) || BM__HAS(BM_FMT_BINARYBALANCED)
+#if BM__HAS_FC(BM_FMT_BINARY) || BM__HAS_FC(BM_FMT_BINARYBALANCED)
 /* Field p holds inputs 4p .. 4p+3, bit k set: +x[4p+k], clear: -x[4p+k]. */
 BM__HOT static void bm__tab_binary(const int8_t *x, int16_t *t)
 {
@@ -522,7 +524,7 @@ BM__HOT static void bm__tab_binary(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_4BIT)
+#if BM__HAS_FC(BM_FMT_4BIT)
 /* two's complement field f: (f < 8 ? f : f - 16) x, by adding x */
 BM__HOT static void bm__tab_4bit(const int8_t *x, int16_t *t)
 {
@@ -538,7 +540,7 @@ BM__HOT static void bm__tab_4bit(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_NF4)
+#if BM__HAS_FC(BM_FMT_NF4)
 static const int8_t bm__nf4_levels[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
                                           10, 20, 31, 43, 56, 71, 92, 127};
 
@@ -554,7 +556,7 @@ BM__HOT static void bm__tab_nf4(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS_FC(BM_FMT_TERNARY)
 /* Byte b of 5 trits -> (mask of its +1 digits) << 1 | (mask of its -1 digits) << 7: byte offsets
    (x2) into a 32-entry int16 table of subset sums. Bytes 243..255 do not occur in a packed row. */
 #define BM__TD(b, d) (((b) / (d)) % 3)
@@ -613,42 +615,42 @@ static void bm__columns(const int8_t *x, int32_t n_in, const uint32_t *words, in
     int32_t *end = out + n_out, *o;
     int32_t per = (int32_t)bm__codes_per_word(fmt);
     switch (fmt) {
-#if BM__HAS(BM_FMT_BINARY)
+#if BM__HAS_FC(BM_FMT_BINARY)
     case BM_FMT_BINARY:
         build = bm__tab_binary;
         break;
 #endif
-#if BM__HAS(BM_FMT_BINARYBALANCED)
+#if BM__HAS_FC(BM_FMT_BINARYBALANCED)
     case BM_FMT_BINARYBALANCED:
         build = bm__tab_binary;
         break;
 #endif
-#if BM__HAS(BM_FMT_2BITSYM)
+#if BM__HAS_FC(BM_FMT_2BITSYM)
     case BM_FMT_2BITSYM:
         build = bm__tab_2bitsym;
         break;
 #endif
-#if BM__HAS(BM_FMT_4BITSYM)
+#if BM__HAS_FC(BM_FMT_4BITSYM)
     case BM_FMT_4BITSYM:
         build = bm__tab_4bitsym;
         break;
 #endif
-#if BM__HAS(BM_FMT_FP130)
+#if BM__HAS_FC(BM_FMT_FP130)
     case BM_FMT_FP130:
         build = bm__tab_fp130;
         break;
 #endif
-#if BM__HAS(BM_FMT_4BIT)
+#if BM__HAS_FC(BM_FMT_4BIT)
     case BM_FMT_4BIT:
         build = bm__tab_4bit;
         break;
 #endif
-#if BM__HAS(BM_FMT_NF4)
+#if BM__HAS_FC(BM_FMT_NF4)
     case BM_FMT_NF4:
         build = bm__tab_nf4;
         break;
 #endif
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS_FC(BM_FMT_TERNARY)
     case BM_FMT_TERNARY:
         build = bm__tab_ternary;
         rows = bm__rows_ternary;
@@ -685,7 +687,7 @@ static void bm__columns(const int8_t *x, int32_t n_in, const uint32_t *words, in
 }
 #endif
 
-#if BM__HAS(BM_FMT_8BIT)
+#if BM__HAS_FC(BM_FMT_8BIT)
 /* 8bit: out[o] = sum_i x[i] w[o][i], a word (4 codes) at a time. With u = field ^ 0x80 in [0, 255]
    the code is u - 128, so the sum is sum(u x) - 128 sum(x): no sign extension per code. The uint32
    sums wrap, and the result, which the contract bounds to int32, is recovered exactly. */
@@ -739,7 +741,7 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     bm__dot_fn dot = bm__dot_for(fmt);
 #endif
     bm_status st;
-    if (!bm__fmt_ok(fmt))
+    if (!bm__fmt_in(fmt, BM_CFG_FC_FORMATS))
         return BM_ERR_FORMAT;
     if (x == NULL || words == NULL || out == NULL || n_in < 1 || n_out < 1)
         return BM_ERR_ARG;
@@ -747,7 +749,7 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     if (st != BM_OK)
         return st;
 #if BM_CFG_KERNELS == 1
-#if BM__HAS(BM_FMT_8BIT)
+#if BM__HAS_FC(BM_FMT_8BIT)
     if (fmt == BM_FMT_8BIT)
         bm__fc_8bit(x, n_in, words, row_words, n_out, out);
     else
@@ -793,7 +795,7 @@ typedef struct bm__cw {
 /* w[j] = (weight j of a packed row of format fmt, compiled in) * 2^k for j < n. Folding the shift into the
    weights is exact: relu(acc) << k = max(sum x (w 2^k), 0) and acc * 2^k = sum x (w 2^k), and every partial
    sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. */
-static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
+BM__HOT static void bm__conv_decode(int32_t fmt, const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     int32_t *end = w + n, pk = (int32_t)1 << k;   /* BM__CONV_MUL: the core multiplies */
     uint32_t word = 0, left = 0;
@@ -815,28 +817,38 @@ static void bm__decode_row(int32_t fmt, const uint32_t *row, int32_t n, uint32_t
     (void)word;
     (void)left;
     switch (fmt) {
+#if BM__HAS_CONV(BM_FMT_BINARY) || BM__HAS_CONV(BM_FMT_BINARYBALANCED)
     case BM_FMT_BINARY:
     case BM_FMT_BINARYBALANCED:
         BM__DECODE(1u, f ? 1 : -1)
         break;
+#endif
+#if BM__HAS_CONV(BM_FMT_2BITSYM)
     case BM_FMT_2BITSYM:                           /* bit1 sign, bit0 m: +-(2m+1) */
         BM__DECODE(2u, (f & 2u) ? -(int32_t)((f & 1u) * 2u + 1u) : (int32_t)((f & 1u) * 2u + 1u))
         break;
+#endif
+#if BM__HAS_CONV(BM_FMT_4BITSYM)
     case BM_FMT_4BITSYM:                           /* bit3 sign, bits 0..2 m: +-(2m+1) */
         BM__DECODE(4u, (f & 8u) ? -(int32_t)(((f & 7u) << 1) + 1u) : (int32_t)(((f & 7u) << 1) + 1u))
         break;
+#endif
+#if BM__HAS_CONV(BM_FMT_FP130)
     case BM_FMT_FP130:                             /* bit3 sign, bits 0..2 e: +-2^e */
         BM__DECODE(4u, (f & 8u) ? -((int32_t)1 << (f & 7u)) : (int32_t)1 << (f & 7u))
         break;
+#endif
+#if BM__HAS_CONV(BM_FMT_8BIT)
     case BM_FMT_8BIT:                              /* two's complement: f - 256 when bit 7 is set */
         BM__DECODE(8u, (int32_t)f - (int32_t)((f & 128u) << 1))
         break;
-#if BM__HAS(BM_FMT_NF4)
+#endif
+#if BM__HAS_CONV(BM_FMT_NF4)
     case BM_FMT_NF4:
         BM__DECODE(4u, bm__nf4[f])
         break;
 #endif
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS_CONV(BM_FMT_TERNARY)
     case BM_FMT_TERNARY: {                         /* 5 base-3 digits per byte: 0, 1, 2 -> 0, +1, -1 */
         uint32_t t = 0, trits = 0;
         for (; w != end; w++) {
@@ -891,7 +903,7 @@ static int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
 {
 #if BM__CONV_MUL
-    bm__decode_row(fmt, row, 9, k, cw->w);
+    bm__conv_decode(fmt, row, 9, k, cw->w);
 #else
     cw->dot = bm__dot_for(fmt);
     cw->row = row;
@@ -1078,7 +1090,7 @@ static void bm__conv_wide(const int8_t *x, int32_t cpg, int32_t h, int32_t w, co
     uint32_t hw = bm__umul((uint32_t)h, (uint32_t)w);
 #if BM__CONV_MUL
     int32_t wv[9 * BM_CFG_CONV_MAX_CPG];
-    bm__decode_row(fmt, row, n_w, k, wv);
+    bm__conv_decode(fmt, row, n_w, k, wv);
 #else
     bm__dot_fn dot = bm__dot_for(fmt);
 #endif
@@ -1115,7 +1127,7 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
     int32_t cpg, opg, c, in_group;
     uint32_t cpg_hw, plane;
     bm_status st;
-    if (!bm__fmt_ok(fmt))
+    if (!bm__fmt_in(fmt, BM_CFG_CONV_FORMATS))
         return BM_ERR_FORMAT;
     if (x == NULL || words == NULL || out == NULL || c_in < 1 || n_out < 1 || groups < 1 || h < 3 || w < 3)
         return BM_ERR_ARG;
@@ -1491,6 +1503,13 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
         len = bm__cnn_features(m, lay, n);
         if (len == 0u)
             return BM_ERR_ARG;
+        for (end = lay; end != lay + n; end++) {
+            if (!bm__fmt_in(end->format, BM_CFG_CONV_FORMATS))
+                return BM_ERR_FORMAT;
+            st = bm__check_rows(end->format, 9, end->row_words, end->out_shifts, end->n_out);
+            if (st != BM_OK)
+                return st;
+        }
         st = bm__run_cnn(m, lay, n, len, &t_acts, &t_shifts);
         if (st != BM_OK)
             return st;

@@ -16,6 +16,9 @@
                           BM_FMTS_MULFREE when BM_CFG_NO_MULTIPLY is defined. A model header that
                           uses a format left out fails with #error naming the format; a kernel
                           called at runtime with such a format returns BM_ERR_FORMAT.
+     BM_CFG_FC_FORMATS    the formats bm_fc accepts and BM_CFG_CONV_FORMATS those bm_conv3x3 accepts
+     BM_CFG_CONV_FORMATS  (subsets of BM_CFG_FORMATS, which they default to): a firmware leaves out the
+                          kernels and decoders of formats its fc or conv layers do not use (flash, SRAM).
      BM_CFG_NO_MULTIPLY   when defined, selecting 4bit, 8bit or nf4 is a compile error. The
                           remaining kernels use add, subtract and shift only, so the object has no
                           mul/div instruction and no __mulsi3/__divsi3 call on RV32EC.
@@ -121,6 +124,16 @@
 #if (BM_CFG_FORMATS) & BM_FMT_BIT(BM_FMT_NF4)
 #error "bitmcu: BM_CFG_NO_MULTIPLY forbids format nf4 (it needs a multiply); drop it from BM_CFG_FORMATS"
 #endif
+#endif
+
+#ifndef BM_CFG_FC_FORMATS
+#define BM_CFG_FC_FORMATS BM_CFG_FORMATS
+#endif
+#ifndef BM_CFG_CONV_FORMATS
+#define BM_CFG_CONV_FORMATS BM_CFG_FORMATS
+#endif
+#if ((BM_CFG_FC_FORMATS) | (BM_CFG_CONV_FORMATS)) & ~(BM_CFG_FORMATS)
+#error "bitmcu: BM_CFG_FC_FORMATS and BM_CFG_CONV_FORMATS must be subsets of BM_CFG_FORMATS"
 #endif
 
 #ifndef BM_CFG_CNN

@@ -69,6 +69,12 @@ def layout(model: dict[str, Any]) -> dict[str, Any]:
                 flash_bytes=weight_bytes + shift_bytes + table_bytes)
 
 
+def _mask(layers: list[dict[str, Any]], kinds: tuple[str, ...]) -> str:
+    """The BM_FMT_BIT mask of the formats of the layers of these kinds, as a C expression (0u when none)."""
+    fmts = sorted({lay["format"] for lay in layers if lay["kind"] in kinds}, key=FORMAT_IDS.get)
+    return "(" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in fmts) + ")" if fmts else "0u"
+
+
 def _define(name: str, value: Any, comment: str = "") -> str:
     line = f"#define {name} {value}"
     return f"{line:<40}/* {comment} */" if comment else line
@@ -136,6 +142,8 @@ def render_header(model: dict[str, Any]) -> str:
         '#include "bitmcu.h"',
         "",
         "#define BM_MODEL_FORMATS (" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in formats) + ")",
+        "#define BM_MODEL_FC_FORMATS " + _mask(layers, ("fc",)),
+        "#define BM_MODEL_CONV_FORMATS " + _mask(layers, ("conv", "dwconv")),
         _define("BM_MODEL_CNN", int(any(lay["kind"] != "fc" for lay in layers)),
                 "1: conv layers, bm_run needs BM_CFG_CNN 1"),
         "#if BM_MODEL_CNN && !BM_CFG_CNN",
@@ -148,6 +156,12 @@ def render_header(model: dict[str, Any]) -> str:
                 f'#error "bitmcu model: format {f} (layers {users}) is not compiled in; '
                 f'add BM_FMT_BIT({_fmt_macro(f)}) to BM_CFG_FORMATS"',
                 "#endif"]
+        for kinds, cfg in ((("fc",), "BM_CFG_FC_FORMATS"), (("conv", "dwconv"), "BM_CFG_CONV_FORMATS")):
+            users = ", ".join(lay["name"] for lay in layers if lay["format"] == f and lay["kind"] in kinds)
+            if users:
+                out += [f"#if !(({cfg}) & BM_FMT_BIT({_fmt_macro(f)}))",
+                        f'#error "bitmcu model: format {f} (layers {users}) is left out of {cfg}"',
+                        "#endif"]
     names = ", ".join(f'"{lay["name"]}"' for lay in layers)
     out += [
         "",

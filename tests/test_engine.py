@@ -227,6 +227,20 @@ def test_bad_arguments_and_unknown_formats(klib):
     assert lib.bm_shiftnorm(ffi.NULL, 1, ffi.NULL) == BM_ERR_ARG and lib.bm_argmax(op, 0) == BM_ERR_ARG
 
 
+def test_fc_and_conv_format_subsets_refuse_the_other_kinds_formats(build_dir):
+    """BM_CFG_FC_FORMATS / BM_CFG_CONV_FORMATS: bm_fc takes only the first, bm_conv3x3 only the second."""
+    fc, conv = FORMAT_IDS["4bitsym"], FORMAT_IDS["8bit"]
+    k = load_library(build_kernel_library(build_dir, defines=[f"BM_CFG_FORMATS={1 << fc | 1 << conv:#x}",
+                                                              f"BM_CFG_FC_FORMATS={1 << fc:#x}",
+                                                              f"BM_CFG_CONV_FORMATS={1 << conv:#x}"]))
+    x, words, out = np.ones(9, np.int8), np.zeros(4, np.uint32), np.zeros(9, np.int32)
+    xp, wp, op = _buf(k, "const int8_t[]", x), _buf(k, "const uint32_t[]", words), _buf(k, "int32_t[]", out)
+    assert k.lib.bm_fc(xp, 9, wp, 2, fc, 1, k.ffi.NULL, 1, op) == BM_OK
+    assert k.lib.bm_fc(xp, 9, wp, 3, conv, 1, k.ffi.NULL, 1, op) == BM_ERR_FORMAT
+    assert k.lib.bm_conv3x3(xp, 1, 3, 3, wp, 3, conv, 1, 1, k.ffi.NULL, 1, op) == BM_OK
+    assert k.lib.bm_conv3x3(xp, 1, 3, 3, wp, 2, fc, 1, 1, k.ffi.NULL, 1, op) == BM_ERR_FORMAT
+
+
 def test_formats_left_out_of_bm_cfg_formats_return_err_format(build_dir):
     k = load_library(build_kernel_library(build_dir, defines=[f"BM_CFG_FORMATS={MULFREE:#x}"]))
     x, out = np.ones(8, np.int8), np.zeros(1, np.int32)
@@ -563,6 +577,11 @@ def test_unknown_format_id_in_the_table_returns_err_format(packed_models, build_
     ([f"BM_CFG_FORMATS={MULFREE:#x}"], "format 8bit (layers conv1, dw1, dw2) is not compiled in"),
     (["BM_CFG_NO_MULTIPLY"], "format 8bit (layers conv1, dw1, dw2) is not compiled in"),
     (["BM_CFG_NO_MULTIPLY", "BM_CFG_FORMATS=0x1FF"], "BM_CFG_NO_MULTIPLY forbids format 4bit"),
+    ([f"BM_CFG_CONV_FORMATS={1 << FORMAT_IDS['2bitsym']:#x}"],
+     "format 8bit (layers conv1, dw1, dw2) is left out of BM_CFG_CONV_FORMATS"),
+    ([f"BM_CFG_FC_FORMATS={1 << FORMAT_IDS['8bit'] | 1 << FORMAT_IDS['4bitsym']:#x}"],
+     "format 2bitsym (layers fc1) is left out of BM_CFG_FC_FORMATS"),
+    (["BM_CFG_FORMATS=0x40", "BM_CFG_FC_FORMATS=0x48"], "must be subsets of BM_CFG_FORMATS"),
 ])
 def test_header_with_a_format_left_out_fails_to_compile(packed_models, build_dir, defines, msg):
     with pytest.raises(RuntimeError, match=re.escape(msg)):
