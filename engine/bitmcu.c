@@ -939,17 +939,15 @@ static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
 /* a0 += row t[0..2] . w[0..2] and a1 += row t[1..3] . w[0..2] */
 #define BM__ROW2(a0, a1, t, w)                                                                       \
     do {                                                                                             \
-        int32_t wk_ = (w)[0], xa_ = (t)[0], xb_ = (t)[1];                                            \
-        a0 += xa_ * wk_;                                                                             \
-        a1 += xb_ * wk_;                                                                             \
+        int32_t wk_ = (w)[0];                                                                        \
+        a0 += (t)[0] * wk_;                                                                          \
+        a1 += (t)[1] * wk_;                                                                          \
         wk_ = (w)[1];                                                                                \
-        xa_ = (t)[2];                                                                                \
-        a0 += xb_ * wk_;                                                                             \
-        a1 += xa_ * wk_;                                                                             \
+        a0 += (t)[1] * wk_;                                                                          \
+        a1 += (t)[2] * wk_;                                                                          \
         wk_ = (w)[2];                                                                                \
-        xb_ = (t)[3];                                                                                \
-        a0 += xa_ * wk_;                                                                             \
-        a1 += xb_ * wk_;                                                                             \
+        a0 += (t)[2] * wk_;                                                                          \
+        a1 += (t)[3] * wk_;                                                                          \
     } while (0)
 #endif
 
@@ -994,25 +992,21 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
 /* a0 += row t[0..2] . w, a1 += t[1..3] . w, b0 += u[0..2] . w, b1 += u[1..3] . w: each weight loaded once */
 #define BM__ROW4(a0, a1, b0, b1, t, u, w)                                                            \
     do {                                                                                             \
-        int32_t wk_ = (w)[0], xa_ = (t)[0], xb_ = (t)[1], ya_ = (u)[0], yb_ = (u)[1];                \
-        a0 += xa_ * wk_;                                                                             \
-        a1 += xb_ * wk_;                                                                             \
-        b0 += ya_ * wk_;                                                                             \
-        b1 += yb_ * wk_;                                                                             \
+        int32_t wk_ = (w)[0];                                                                        \
+        a0 += (t)[0] * wk_;                                                                          \
+        a1 += (t)[1] * wk_;                                                                          \
+        b0 += (u)[0] * wk_;                                                                          \
+        b1 += (u)[1] * wk_;                                                                          \
         wk_ = (w)[1];                                                                                \
-        xa_ = (t)[2];                                                                                \
-        ya_ = (u)[2];                                                                                \
-        a0 += xb_ * wk_;                                                                             \
-        a1 += xa_ * wk_;                                                                             \
-        b0 += yb_ * wk_;                                                                             \
-        b1 += ya_ * wk_;                                                                             \
+        a0 += (t)[1] * wk_;                                                                          \
+        a1 += (t)[2] * wk_;                                                                          \
+        b0 += (u)[1] * wk_;                                                                          \
+        b1 += (u)[2] * wk_;                                                                          \
         wk_ = (w)[2];                                                                                \
-        xb_ = (t)[3];                                                                                \
-        yb_ = (u)[3];                                                                                \
-        a0 += xa_ * wk_;                                                                             \
-        a1 += xb_ * wk_;                                                                             \
-        b0 += ya_ * wk_;                                                                             \
-        b1 += yb_ * wk_;                                                                             \
+        a0 += (t)[2] * wk_;                                                                          \
+        a1 += (t)[3] * wk_;                                                                          \
+        b0 += (u)[2] * wk_;                                                                          \
+        b1 += (u)[3] * wk_;                                                                          \
     } while (0)
 #endif
 
@@ -1392,7 +1386,7 @@ static bm_status bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t 
                         seen[j] = (uint8_t)c;
                     if (s > meas[j])
                         meas[j] = (uint8_t)s;
-                    if (stops < n && (s > guess[j] || (probe && s != guess[j]))) {
+                    if (stops < n + n && (s > guess[j] || (probe && s != guess[j]))) {
                         wrong = j;        /* the guess is too low, or the run's first probe differs */
                         probe = 0;
                         break;
