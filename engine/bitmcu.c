@@ -3,13 +3,14 @@
    Each format has a row dot product bm__dot_<fmt>(row, x, n) = sum_{j < n} w_j * x[j] that decodes
    the packed row (CONTRACT §9) one word at a time, first code in the least significant bits.
    bm_fc uses them with BM_CFG_KERNELS 0; by default it uses the column-table kernels of the "fast
-   fully connected kernels" section (bitmcu.h, FAST FC KERNELS). bm_conv3x3 always uses them.
+   fully connected kernels" section (bitmcu.h, FAST FC KERNELS).
    The multiplier-free formats use add, subtract and shift only: no '*', '/' or '%' on a variable,
    and index arithmetic walks running pointers, so that RV32EC code has no mul/div and calls no
-   __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add).
-   A conv gathers each 3x3 window into a small buffer and calls the row dot product; for the
-   multiply formats (4bit, 8bit, nf4) it instead decodes each output channel's row once and
-   multiplies in place.
+   __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add with
+   BM_CFG_NO_MULTIPLY, else the core's multiply).
+   A conv (bitmcu.h, CONV KERNELS) decodes each output channel's row once and multiplies in place on
+   a core that multiplies; with BM_CFG_NO_MULTIPLY it gathers each 3x3 window into a small buffer and
+   calls the row dot product.
    Right shifts are applied to unsigned or non-negative values only, left shifts to non-negative
    values only, and no unsigned value is converted to a signed type out of range (CONTRACT §10).
 */
@@ -58,14 +59,16 @@ static int32_t bm__div_exact(int32_t a, int32_t b)
     return a == 0 ? q : -1;
 }
 
-/* The conv kernels (bm__conv_*) multiply each channel's weights, decoded once, with '*' (BM__CONV_MUL 1:
-   the fast kernels on a core that multiplies), or gather each 3x3 window and call the format's row dot
-   product (0: the reference kernels, BM_CFG_KERNELS 0, or BM_CFG_NO_MULTIPLY: add, subtract and shift). */
-#if BM_CFG_KERNELS == 1 && !defined(BM_CFG_NO_MULTIPLY)
+/* The conv kernels (bm__conv_*) multiply each channel's weights, decoded once, with '*' (BM__CONV_MUL 1: a
+   core that multiplies), or gather each 3x3 window and call the format's row dot product (0:
+   BM_CFG_NO_MULTIPLY, add, subtract and shift only). BM_CFG_KERNELS chooses bm_fc's kernels only. */
+#ifndef BM_CFG_NO_MULTIPLY
 #define BM__CONV_MUL 1
 #else
 #define BM__CONV_MUL 0
 #endif
+/* the row dot products: bm_fc's reference kernels and the gathered-window convs */
+#define BM__DOTS (BM_CFG_KERNELS == 0 || !BM__CONV_MUL)
 
 /* ---- weight fields ------------------------------------------------------------------------- */
 
@@ -81,7 +84,7 @@ static inline int32_t bm__code_8bit(uint32_t f)
     return f >= 128u ? (int32_t)f - 256 : (int32_t)f;
 }
 
-#if BM__HAS(BM_FMT_TERNARY) && (!BM__CONV_MUL || BM__HAS_CONV(BM_FMT_TERNARY))
+#if BM__HAS(BM_FMT_TERNARY) && (BM__DOTS || BM__HAS_CONV(BM_FMT_TERNARY))
 /* t / 3 for t <= 255: (t * 171) >> 9 written as shifts and adds. */
 static uint32_t bm__div3(uint32_t t)
 {
@@ -89,14 +92,14 @@ static uint32_t bm__div3(uint32_t t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_NF4) && (!BM__CONV_MUL || BM__HAS_CONV(BM_FMT_NF4))
+#if BM__HAS(BM_FMT_NF4) && (BM__DOTS || BM__HAS_CONV(BM_FMT_NF4))
 static const int8_t bm__nf4[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
                                    10, 20, 31, 43, 56, 71, 92, 127};
 #endif
 
 /* ---- row dot products, one per format -------------------------------------------------------- */
 
-#if !BM__CONV_MUL    /* bm_fc's reference kernels and the gathered-window convs */
+#if BM__DOTS
 
 #if BM__HAS(BM_FMT_BINARY) || BM__HAS(BM_FMT_BINARYBALANCED)
 /* field 1 -> +1, 0 -> -1 */
@@ -317,7 +320,7 @@ static bm__dot_fn bm__dot_for(int32_t fmt)
         return NULL;
     }
 }
-#endif /* !BM__CONV_MUL */
+#endif /* BM__DOTS */
 
 /* 1 when fmt is a format id in the bit mask set (BM_CFG_FC_FORMATS or BM_CFG_CONV_FORMATS). */
 static int32_t bm__fmt_in(int32_t fmt, uint32_t set)
@@ -887,8 +890,8 @@ BM__HOT static void bm__conv_decode(int32_t fmt, const uint32_t *row, int32_t n,
      (p)[(s) + 1u] * (cw)->w[4] + (p)[(s) + 2u] * (cw)->w[5] + (p)[(s) + (s)] * (cw)->w[6] +             \
      (p)[(s) + (s) + 1u] * (cw)->w[7] + (p)[(s) + (s) + 2u] * (cw)->w[8])
 #else
-#define BM__WIN(p, s, cw) bm__win(p, s, cw)
-static int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
+#define BM__WIN(p, s, cw) bm__conv_win(p, s, cw)
+BM__HOT static int32_t bm__conv_win(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
     int8_t win[9];
     const int8_t *q = p + s, *u = q + s;

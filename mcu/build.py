@@ -38,7 +38,8 @@ CFLAGS = ["-Os", "-g", "-std=c99", "-ffreestanding", "-nostdlib", "-nostartfiles
           "-fdata-sections", "-fstack-usage", "-Wall", "-Wextra", "-Werror"]
 # The loops over the weights (row dot products, fc and conv kernels and their helpers): the code
 # that runs per weight. Everything else in bitmcu.c runs per layer or per activation. The conv
-# kernels go to SRAM only for a model with conv layers (bm_run links them in for every model).
+# kernels (bm__conv_*: the channel loops, the window gather, the once-per-channel weight decoder) go
+# to SRAM only for a model with conv layers.
 SRAM_KERNELS = re.compile(r"^(bm_fc|bm__(dot|fc|tab|rows|out_shift)\w*)(\.\w+)*$")
 SRAM_CONV_KERNELS = re.compile(r"^(bm_conv3x3|bm__conv\w*)(\.\w+)*$")
 TOOL_HINT = ("Debian/Ubuntu: apt-get install gcc-riscv64-unknown-elf (./run does it when run as root); "

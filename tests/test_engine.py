@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import example, given, note, settings
+from hypothesis import assume, example, given, note, settings
 from hypothesis import strategies as st
 
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
@@ -96,11 +96,19 @@ def test_fc_matches_naive(fclib, case):
     assert got.tolist() == want
 
 
+@pytest.fixture(scope="session", params=["mul", "mulfree"])
+def convlib(request, build_dir):
+    """bm_conv3x3's two kinds of kernels: decoded weights times inputs (a core that multiplies), and gathered
+    windows with the row dot products (BM_CFG_NO_MULTIPLY, the multiplier-free formats)."""
+    defines = [] if request.param == "mul" else ["BM_CFG_NO_MULTIPLY"]
+    return request.param, load_library(build_kernel_library(build_dir, defines=defines))
+
+
 @settings(max_examples=60, deadline=None)
 @given(conv_cases())
-def test_conv3x3_matches_naive(fclib, case):
-    """Every conv variant: decoded weights times x (fast kernels), gathered windows and row dot products (ref)."""
-    klib = fclib
+def test_conv3x3_matches_naive(convlib, case):
+    kind, klib = convlib
+    assume(kind == "mul" or FORMATS[case["fmt"]].multiplier_free)
     x, c, fmt = np.ascontiguousarray(case["x"]), case["codes"], case["fmt"]
     words, rw = pack(c, fmt)
     b, cin, h, w = x.shape
