@@ -1022,10 +1022,12 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
 {
     int32_t half = ((int32_t)1 << g) >> 1;
     uint32_t top = 0;
-    for (; nr > 0u; nr--, x += s + s, out += s) {
+    for (; nr > 0u; nr--, x += s + s) {
         const int8_t *p = x;
-        int8_t *o = out;
+        int8_t *o = out;                  /* NULL with o32 (a single conv layer has no m->chan) */
         uint32_t left;
+        if (o32 == NULL)
+            out += s;
         for (left = nc; left > 0u; left--, p += 2) {
             int32_t a0, a1, b0, b1;
 #if BM__CONV_MUL
