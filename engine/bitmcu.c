@@ -3,25 +3,38 @@
    Each format has a row dot product bm__dot_<fmt>(row, x, n) = sum_{j < n} w_j * x[j] that decodes
    the packed row (CONTRACT §9) one word at a time, first code in the least significant bits.
    bm_fc uses them with BM_CFG_KERNELS 0; by default it uses the column-table kernels of the "fast
-   fully connected kernels" section (bitmcu.h, FAST FC KERNELS). bm_conv3x3 always uses them.
+   fully connected kernels" section (bitmcu.h, FAST FC KERNELS).
    The multiplier-free formats use add, subtract and shift only: no '*', '/' or '%' on a variable,
    and index arithmetic walks running pointers, so that RV32EC code has no mul/div and calls no
-   __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add).
-   A conv gathers each 3x3 window into a small buffer and calls the row dot product; for the
-   multiply formats (4bit, 8bit, nf4) it instead decodes each output channel's row once and
-   multiplies in place.
+   __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add with
+   BM_CFG_NO_MULTIPLY, else the core's multiply).
+   A conv (bitmcu.h, CONV KERNELS) decodes each output channel's row once and multiplies in place on
+   a core that multiplies; with BM_CFG_NO_MULTIPLY it gathers each 3x3 window into a small buffer and
+   calls the row dot product.
    Right shifts are applied to unsigned or non-negative values only, left shifts to non-negative
    values only, and no unsigned value is converted to a signed type out of range (CONTRACT §10).
 */
 #include "bitmcu.h"
 
 #define BM__HAS(id) (((BM_CFG_FORMATS) >> (id)) & 1u)
+#define BM__HAS_FC(id) (((BM_CFG_FC_FORMATS) >> (id)) & 1u)        /* bm_fc's formats */
+#define BM__HAS_CONV(id) (((BM_CFG_CONV_FORMATS) >> (id)) & 1u)    /* bm_conv3x3's and the CNN driver's */
 
 typedef int32_t (*bm__dot_fn)(const uint32_t *row, const int8_t *x, int32_t n);
 
-/* a * b for small non-negative sizes, by shift and add (no multiply instruction or libcall). */
+/* The hot loops stay functions of their own, never inlined into their callers, so that a firmware
+   can place just them in SRAM by name (bm__rows_*, bm__tab_*, bm__fc_8bit, bm__conv_*). */
+#ifdef __GNUC__
+#define BM__HOT __attribute__((noinline))
+#else
+#define BM__HOT
+#endif
+
+/* a * b for small non-negative sizes: with BM_CFG_NO_MULTIPLY by shift and add (no multiply instruction or
+   libcall), else with the core's multiply. */
 static uint32_t bm__umul(uint32_t a, uint32_t b)
 {
+#ifdef BM_CFG_NO_MULTIPLY
     uint32_t r = 0;
     while (b != 0u) {
         if (b & 1u)
@@ -30,6 +43,9 @@ static uint32_t bm__umul(uint32_t a, uint32_t b)
         b >>= 1;
     }
     return r;
+#else
+    return a * b;                 /* a core that multiplies (BM_CFG_NO_MULTIPLY not defined) */
+#endif
 }
 
 /* q with a == q * b exactly (b >= 1), by subtraction; -1 when b does not divide a. */
@@ -43,7 +59,47 @@ static int32_t bm__div_exact(int32_t a, int32_t b)
     return a == 0 ? q : -1;
 }
 
+/* The conv kernels (bm__conv_*) multiply each channel's weights, decoded once, with '*' (BM__CONV_MUL 1: a
+   core that multiplies), or gather each 3x3 window and call the format's row dot product (0:
+   BM_CFG_NO_MULTIPLY, add, subtract and shift only). BM_CFG_KERNELS chooses bm_fc's kernels only. */
+#ifndef BM_CFG_NO_MULTIPLY
+#define BM__CONV_MUL 1
+#else
+#define BM__CONV_MUL 0
+#endif
+/* the row dot products: bm_fc's reference kernels and the gathered-window convs */
+#define BM__DOTS (BM_CFG_KERNELS == 0 || !BM__CONV_MUL)
+
+/* ---- weight fields ------------------------------------------------------------------------- */
+
+/* Two's complement fields of 4bit ([-8, 7]) and 8bit ([-128, 127]), written as a subtraction rather
+   than a cast (CONTRACT §10.6). Shared by the dot kernels and bm__conv_decode. */
+static inline int32_t bm__code_4bit(uint32_t f)
+{
+    return f >= 8u ? (int32_t)f - 16 : (int32_t)f;
+}
+
+static inline int32_t bm__code_8bit(uint32_t f)
+{
+    return f >= 128u ? (int32_t)f - 256 : (int32_t)f;
+}
+
+#if BM__HAS(BM_FMT_TERNARY) && (BM__DOTS || BM__HAS_CONV(BM_FMT_TERNARY))
+/* t / 3 for t <= 255: (t * 171) >> 9 written as shifts and adds. */
+static uint32_t bm__div3(uint32_t t)
+{
+    return ((t << 7) + (t << 5) + (t << 3) + (t << 1) + t) >> 9;
+}
+#endif
+
+#if BM__HAS(BM_FMT_NF4) && (BM__DOTS || BM__HAS_CONV(BM_FMT_NF4))
+static const int8_t bm__nf4[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
+                                   10, 20, 31, 43, 56, 71, 92, 127};
+#endif
+
 /* ---- row dot products, one per format -------------------------------------------------------- */
+
+#if BM__DOTS
 
 #if BM__HAS(BM_FMT_BINARY) || BM__HAS(BM_FMT_BINARYBALANCED)
 /* field 1 -> +1, 0 -> -1 */
@@ -65,12 +121,6 @@ static int32_t bm__dot_binary(const uint32_t *row, const int8_t *x, int32_t n)
 #endif
 
 #if BM__HAS(BM_FMT_TERNARY)
-/* t / 3 for t <= 255: (t * 171) >> 9 written as shifts and adds. */
-static uint32_t bm__div3(uint32_t t)
-{
-    return ((t << 7) + (t << 5) + (t << 3) + (t << 1) + t) >> 9;
-}
-
 /* 4 bytes per word, 5 base-3 digits per byte, earliest weight least significant; digit 0, 1, 2
    is weight 0, +1, -1. */
 static int32_t bm__dot_ternary(const uint32_t *row, const int8_t *x, int32_t n)
@@ -174,18 +224,6 @@ static int32_t bm__dot_fp130(const uint32_t *row, const int8_t *x, int32_t n)
 }
 #endif
 
-/* Two's complement fields of 4bit ([-8, 7]) and 8bit ([-128, 127]), written as a subtraction rather
-   than a cast (CONTRACT §10.6). Shared by the dot kernels and bm__decode_mul. */
-static inline int32_t bm__code_4bit(uint32_t f)
-{
-    return f >= 8u ? (int32_t)f - 16 : (int32_t)f;
-}
-
-static inline int32_t bm__code_8bit(uint32_t f)
-{
-    return f >= 128u ? (int32_t)f - 256 : (int32_t)f;
-}
-
 #if BM__HAS(BM_FMT_4BIT)
 static int32_t bm__dot_4bit(const uint32_t *row, const int8_t *x, int32_t n)
 {
@@ -221,9 +259,6 @@ static int32_t bm__dot_8bit(const uint32_t *row, const int8_t *x, int32_t n)
 #endif
 
 #if BM__HAS(BM_FMT_NF4)
-static const int8_t bm__nf4[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
-                                   10, 20, 31, 43, 56, 71, 92, 127};
-
 /* index into the NF4 table (CONTRACT §2) */
 static int32_t bm__dot_nf4(const uint32_t *row, const int8_t *x, int32_t n)
 {
@@ -238,45 +273,6 @@ static int32_t bm__dot_nf4(const uint32_t *row, const int8_t *x, int32_t n)
         }
     }
     return acc;
-}
-#endif
-
-#define BM__HAS_MUL (BM__HAS(BM_FMT_4BIT) || BM__HAS(BM_FMT_8BIT) || BM__HAS(BM_FMT_NF4))
-
-#if BM__HAS_MUL
-/* 1 when fmt is a compiled-in multiply format (4bit, 8bit, nf4). */
-static int32_t bm__is_mul(int32_t fmt)
-{
-    return (fmt == BM_FMT_4BIT && BM__HAS(BM_FMT_4BIT)) || (fmt == BM_FMT_8BIT && BM__HAS(BM_FMT_8BIT)) ||
-           (fmt == BM_FMT_NF4 && BM__HAS(BM_FMT_NF4));
-}
-
-/* w[j] = weight j of a packed row of multiply format fmt, j < n: a conv decodes each row once. */
-static void bm__decode_mul(int32_t fmt, const uint32_t *row, int32_t n, int16_t *w)
-{
-    uint32_t word = 0;
-    int32_t left = 0;
-    for (; n > 0; n--) {
-        int32_t c;
-        if (left == 0) {
-            word = *row++;
-            left = fmt == BM_FMT_8BIT ? 4 : 8;
-        }
-        left--;
-        if (fmt == BM_FMT_8BIT) {
-            c = bm__code_8bit(word & 255u);
-            word >>= 8;
-        } else {
-#if BM__HAS(BM_FMT_NF4)
-            if (fmt == BM_FMT_NF4)
-                c = bm__nf4[word & 15u];
-            else
-#endif
-                c = bm__code_4bit(word & 15u);
-            word >>= 4;
-        }
-        *w++ = (int16_t)c;
-    }
 }
 #endif
 
@@ -323,6 +319,13 @@ static bm__dot_fn bm__dot_for(int32_t fmt)
     default:
         return NULL;
     }
+}
+#endif /* BM__DOTS */
+
+/* 1 when fmt is a format id in the bit mask set (BM_CFG_FC_FORMATS or BM_CFG_CONV_FORMATS). */
+static int32_t bm__fmt_in(int32_t fmt, uint32_t set)
+{
+    return fmt >= 0 && fmt < BM_FMT_COUNT && ((set >> fmt) & 1u);
 }
 
 /* Codes per packed word of a known format. */
@@ -373,16 +376,8 @@ static int32_t bm__out_shift(int32_t acc, uint32_t k, int32_t relu)
 #define BM__NIB_FMTS (BM_FMT_BIT(BM_FMT_BINARY) | BM_FMT_BIT(BM_FMT_BINARYBALANCED) |                   \
                       BM_FMT_BIT(BM_FMT_2BITSYM) | BM_FMT_BIT(BM_FMT_4BITSYM) | BM_FMT_BIT(BM_FMT_FP130) | \
                       BM_FMT_BIT(BM_FMT_4BIT) | BM_FMT_BIT(BM_FMT_NF4))
-#define BM__HAS_NIB (((BM_CFG_FORMATS) & BM__NIB_FMTS) != 0u)
-#define BM__HAS_COLS (BM__HAS_NIB || BM__HAS(BM_FMT_TERNARY))
-
-/* The hot loops stay functions of their own, never inlined into bm__columns, so that a firmware
-   can place just them in SRAM by name (bm__rows_*, bm__tab_*, bm__fc_8bit). */
-#ifdef __GNUC__
-#define BM__HOT __attribute__((noinline))
-#else
-#define BM__HOT
-#endif
+#define BM__HAS_NIB (((BM_CFG_FC_FORMATS) & BM__NIB_FMTS) != 0u)
+#define BM__HAS_COLS (BM__HAS_NIB || BM__HAS_FC(BM_FMT_TERNARY))
 
 #if BM__HAS_COLS
 #define BM__TAB_WORD 128        /* int16 per word column: 8 fields x 16 values, or 4 bytes x 32 masks */
@@ -446,7 +441,7 @@ BM__HOT static void bm__rows_nib2(const uint32_t *w, uint32_t stride, int32_t *a
 #endif
 #endif
 
-#if BM__HAS(BM_FMT_4BITSYM)
+#if BM__HAS_FC(BM_FMT_4BITSYM)
 /* field s m: +-(2m+1) x, the odd multiples by adding 2x */
 BM__HOT static void bm__tab_4bitsym(const int8_t *x, int16_t *t)
 {
@@ -465,7 +460,7 @@ BM__HOT static void bm__tab_4bitsym(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_FP130)
+#if BM__HAS_FC(BM_FMT_FP130)
 /* field s e: +-2^e x, by doubling (an addition: x may be negative) */
 BM__HOT static void bm__tab_fp130(const int8_t *x, int16_t *t)
 {
@@ -484,7 +479,7 @@ BM__HOT static void bm__tab_fp130(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_2BITSYM)
+#if BM__HAS_FC(BM_FMT_2BITSYM)
 /* Field p holds inputs 2p (bits 0-1) and 2p+1 (bits 2-3); a 2-bit field f is +1, +3, -1, -3 for
    f = 0..3, so t[4 f1 + f0] = c(f0) x0 + c(f1) x1. */
 BM__HOT static void bm__tab_2bitsym(const int8_t *x, int16_t *t)
@@ -508,7 +503,7 @@ BM__HOT static void bm__tab_2bitsym(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_BINARY) || BM__HAS(BM_FMT_BINARYBALANCED)
+#if BM__HAS_FC(BM_FMT_BINARY) || BM__HAS_FC(BM_FMT_BINARYBALANCED)
 /* Field p holds inputs 4p .. 4p+3, bit k set: +x[4p+k], clear: -x[4p+k]. */
 BM__HOT static void bm__tab_binary(const int8_t *x, int16_t *t)
 {
@@ -532,7 +527,7 @@ BM__HOT static void bm__tab_binary(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_4BIT)
+#if BM__HAS_FC(BM_FMT_4BIT)
 /* two's complement field f: (f < 8 ? f : f - 16) x, by adding x */
 BM__HOT static void bm__tab_4bit(const int8_t *x, int16_t *t)
 {
@@ -548,7 +543,7 @@ BM__HOT static void bm__tab_4bit(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_NF4)
+#if BM__HAS_FC(BM_FMT_NF4)
 static const int8_t bm__nf4_levels[16] = {-127, -88, -67, -50, -36, -23, -12, 0,
                                           10, 20, 31, 43, 56, 71, 92, 127};
 
@@ -564,7 +559,7 @@ BM__HOT static void bm__tab_nf4(const int8_t *x, int16_t *t)
 }
 #endif
 
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS_FC(BM_FMT_TERNARY)
 /* Byte b of 5 trits -> (mask of its +1 digits) << 1 | (mask of its -1 digits) << 7: byte offsets
    (x2) into a 32-entry int16 table of subset sums. Bytes 243..255 do not occur in a packed row. */
 #define BM__TD(b, d) (((b) / (d)) % 3)
@@ -623,42 +618,42 @@ static void bm__columns(const int8_t *x, int32_t n_in, const uint32_t *words, in
     int32_t *end = out + n_out, *o;
     int32_t per = (int32_t)bm__codes_per_word(fmt);
     switch (fmt) {
-#if BM__HAS(BM_FMT_BINARY)
+#if BM__HAS_FC(BM_FMT_BINARY)
     case BM_FMT_BINARY:
         build = bm__tab_binary;
         break;
 #endif
-#if BM__HAS(BM_FMT_BINARYBALANCED)
+#if BM__HAS_FC(BM_FMT_BINARYBALANCED)
     case BM_FMT_BINARYBALANCED:
         build = bm__tab_binary;
         break;
 #endif
-#if BM__HAS(BM_FMT_2BITSYM)
+#if BM__HAS_FC(BM_FMT_2BITSYM)
     case BM_FMT_2BITSYM:
         build = bm__tab_2bitsym;
         break;
 #endif
-#if BM__HAS(BM_FMT_4BITSYM)
+#if BM__HAS_FC(BM_FMT_4BITSYM)
     case BM_FMT_4BITSYM:
         build = bm__tab_4bitsym;
         break;
 #endif
-#if BM__HAS(BM_FMT_FP130)
+#if BM__HAS_FC(BM_FMT_FP130)
     case BM_FMT_FP130:
         build = bm__tab_fp130;
         break;
 #endif
-#if BM__HAS(BM_FMT_4BIT)
+#if BM__HAS_FC(BM_FMT_4BIT)
     case BM_FMT_4BIT:
         build = bm__tab_4bit;
         break;
 #endif
-#if BM__HAS(BM_FMT_NF4)
+#if BM__HAS_FC(BM_FMT_NF4)
     case BM_FMT_NF4:
         build = bm__tab_nf4;
         break;
 #endif
-#if BM__HAS(BM_FMT_TERNARY)
+#if BM__HAS_FC(BM_FMT_TERNARY)
     case BM_FMT_TERNARY:
         build = bm__tab_ternary;
         rows = bm__rows_ternary;
@@ -695,7 +690,7 @@ static void bm__columns(const int8_t *x, int32_t n_in, const uint32_t *words, in
 }
 #endif
 
-#if BM__HAS(BM_FMT_8BIT)
+#if BM__HAS_FC(BM_FMT_8BIT)
 /* 8bit: out[o] = sum_i x[i] w[o][i], a word (4 codes) at a time. With u = field ^ 0x80 in [0, 255]
    the code is u - 128, so the sum is sum(u x) - 128 sum(x): no sign extension per code. The uint32
    sums wrap, and the result, which the contract bounds to int32, is recovered exactly. */
@@ -745,9 +740,11 @@ bm_status bm_input(const uint8_t *pixels, int32_t n, int32_t zero, int8_t *out)
 bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words, int32_t fmt,
                 int32_t n_out, const uint8_t *out_shifts, int32_t relu, int32_t *out)
 {
+#if BM_CFG_KERNELS == 0
     bm__dot_fn dot = bm__dot_for(fmt);
+#endif
     bm_status st;
-    if (dot == NULL)
+    if (!bm__fmt_in(fmt, BM_CFG_FC_FORMATS))
         return BM_ERR_FORMAT;
     if (x == NULL || words == NULL || out == NULL || n_in < 1 || n_out < 1)
         return BM_ERR_ARG;
@@ -755,7 +752,7 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     if (st != BM_OK)
         return st;
 #if BM_CFG_KERNELS == 1
-#if BM__HAS(BM_FMT_8BIT)
+#if BM__HAS_FC(BM_FMT_8BIT)
     if (fmt == BM_FMT_8BIT)
         bm__fc_8bit(x, n_in, words, row_words, n_out, out);
     else
@@ -780,6 +777,345 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     return BM_OK;
 }
 
+/* ---- conv kernels ------------------------------------------------------------------------------------------
+   A conv with one input channel per group (cpg 1: conv1's channels and the depthwise layers) runs one output
+   channel at a time through bm__conv_q (int8 outputs requantized with a given shift, for the streaming CNN
+   driver) or bm__conv_y (int32 outputs, for bm_conv3x3 and the driver's last conv layer). A channel's weights
+   (bm__cw) are its 9 weights decoded once with CONTRACT §3's shift k folded in (BM__CONV_MUL), or its packed
+   row and k for the format's row dot product on each gathered window. */
+
+typedef struct bm__cw {
+#if BM__CONV_MUL
+    int32_t w[9];                 /* weight [dy][dx] * 2^k */
+#else
+    bm__dot_fn dot;               /* the format's row dot product */
+    const uint32_t *row;          /* the channel's packed row */
+    uint32_t k;                   /* and its shift */
+#endif
+} bm__cw;
+
+#if BM__CONV_MUL
+/* w[j] = (weight j of a packed row of format fmt, compiled in) * 2^k for j < n. Folding the shift into the
+   weights is exact: relu(acc) << k = max(sum x (w 2^k), 0) and acc * 2^k = sum x (w 2^k), and every partial
+   sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. */
+BM__HOT static void bm__conv_decode(int32_t fmt, const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
+{
+    int32_t *end = w + n, pk = (int32_t)1 << k;   /* BM__CONV_MUL: the core multiplies */
+    uint32_t word = 0, left = 0;
+/* one loop per format (a format switch per weight costs more than the weight): field f of b bits -> v */
+#define BM__DECODE(b, v)                                                                             \
+    for (; w != end; w++) {                                                                          \
+        uint32_t f;                                                                                  \
+        int32_t v_;                                                                                  \
+        if (left == 0u) {                                                                            \
+            word = *row++;                                                                           \
+            left = 32u / (b);                                                                        \
+        }                                                                                            \
+        left--;                                                                                      \
+        f = word & ((1u << (b)) - 1u);                                                               \
+        word >>= (b);                                                                                \
+        v_ = (v);                                                                                    \
+        *w = v_ * pk;                                                                                \
+    }
+    (void)word;
+    (void)left;
+    switch (fmt) {
+#if BM__HAS_CONV(BM_FMT_BINARY) || BM__HAS_CONV(BM_FMT_BINARYBALANCED)
+    case BM_FMT_BINARY:
+    case BM_FMT_BINARYBALANCED:
+        BM__DECODE(1u, f ? 1 : -1)
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_2BITSYM)
+    case BM_FMT_2BITSYM:                           /* bit1 sign, bit0 m: +-(2m+1) */
+        BM__DECODE(2u, (f & 2u) ? -(int32_t)((f & 1u) * 2u + 1u) : (int32_t)((f & 1u) * 2u + 1u))
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_4BITSYM)
+    case BM_FMT_4BITSYM:                           /* bit3 sign, bits 0..2 m: +-(2m+1) */
+        BM__DECODE(4u, (f & 8u) ? -(int32_t)(((f & 7u) << 1) + 1u) : (int32_t)(((f & 7u) << 1) + 1u))
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_FP130)
+    case BM_FMT_FP130:                             /* bit3 sign, bits 0..2 e: +-2^e */
+        BM__DECODE(4u, (f & 8u) ? -((int32_t)1 << (f & 7u)) : (int32_t)1 << (f & 7u))
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_8BIT)
+    case BM_FMT_8BIT:                              /* two's complement: f - 256 when bit 7 is set */
+        BM__DECODE(8u, (int32_t)f - (int32_t)((f & 128u) << 1))
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_NF4)
+    case BM_FMT_NF4:
+        BM__DECODE(4u, bm__nf4[f])
+        break;
+#endif
+#if BM__HAS_CONV(BM_FMT_TERNARY)
+    case BM_FMT_TERNARY: {                         /* 5 base-3 digits per byte: 0, 1, 2 -> 0, +1, -1 */
+        uint32_t t = 0, trits = 0;
+        for (; w != end; w++) {
+            uint32_t q, d;
+            if (left == 0u) {
+                word = *row++;
+                left = 20;
+                trits = 0;
+            }
+            left--;
+            if (trits == 0u) {
+                t = word & 255u;
+                word >>= 8;
+                trits = 5;
+            }
+            trits--;
+            q = bm__div3(t);
+            d = t - (q + q + q);
+            t = q;
+            *w = d == 0u ? 0 : d == 1u ? pk : -pk;
+        }
+        break;
+    }
+#endif
+    default:                                       /* 4bit, two's complement */
+        BM__DECODE(4u, bm__code_4bit(f))
+        break;
+    }
+#undef BM__DECODE
+}
+
+/* The window at p (3 rows of 3 values, s bytes apart) times the weights w: acc * 2^k before the ReLU. A
+   macro, so that -Os cannot turn it into a call per output. */
+#define BM__WIN(p, s, cw)                                                                              \
+    ((p)[0] * (cw)->w[0] + (p)[1] * (cw)->w[1] + (p)[2] * (cw)->w[2] + (p)[s] * (cw)->w[3] +            \
+     (p)[(s) + 1u] * (cw)->w[4] + (p)[(s) + 2u] * (cw)->w[5] + (p)[(s) + (s)] * (cw)->w[6] +             \
+     (p)[(s) + (s) + 1u] * (cw)->w[7] + (p)[(s) + (s) + 2u] * (cw)->w[8])
+#else
+#define BM__WIN(p, s, cw) bm__conv_win(p, s, cw)
+BM__HOT static int32_t bm__conv_win(const int8_t *p, uint32_t s, const bm__cw *cw)
+{
+    int8_t win[9];
+    const int8_t *q = p + s, *u = q + s;
+    win[0] = p[0]; win[1] = p[1]; win[2] = p[2];
+    win[3] = q[0]; win[4] = q[1]; win[5] = q[2];
+    win[6] = u[0]; win[7] = u[1]; win[8] = u[2];
+    return bm__out_shift(cw->dot(cw->row, win, 9), cw->k, 0);
+}
+#endif
+
+/* cw for a row of format fmt (compiled in) with shift k. */
+static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
+{
+#if BM__CONV_MUL
+    bm__conv_decode(fmt, row, 9, k, cw->w);
+#else
+    cw->dot = bm__dot_for(fmt);
+    cw->row = row;
+    cw->k = k;
+#endif
+}
+
+#if BM_CFG_CNN
+/* One channel of a cpg-1 conv, requantized with shift g in [0, 24] (CONTRACT §4 with a given s): for
+   r < nr, c < nc, y = max(0, window (r, c) . w * 2^k) and out[r s + c] = min((y + ((1 << g) >> 1)) >> g, 127).
+   x and out are maps with rows s bytes apart (x has nr + 2 rows of nc + 2 values, nc >= 1); out may equal x:
+   the window (r, c) is the last one to read x[r s + c]. Returns the bitwise OR of every y, whose bit length is
+   that of their maximum, which is all ShiftNorm's shift depends on. With BM__CONV_MUL two neighbouring outputs
+   are computed together: each weight is loaded once for both, and of their 3x4 inputs each once. */
+#define BM__REQUANT(y, dst)                                                                          \
+    do {                                                                                             \
+        int32_t v_ = 0;                                                                              \
+        if ((y) > 0) {                                                                               \
+            top |= (uint32_t)(y);                                                                    \
+            v_ = ((y) + half) >> g;                                                                  \
+            if (v_ > 127)                                                                            \
+                v_ = 127;                                                                            \
+        }                                                                                            \
+        (dst) = (int8_t)v_;                                                                          \
+    } while (0)
+
+#if BM__CONV_MUL
+#if defined(__GNUC__)
+#define BM__FRESH(ptr) __asm__("" : "+r"(ptr))
+#else
+#define BM__FRESH(ptr) ((void)0)
+#endif
+/* a0 += row t[0..2] . w[0..2] and a1 += row t[1..3] . w[0..2] */
+#define BM__ROW2(a0, a1, t, w)                                                                       \
+    do {                                                                                             \
+        int32_t wk_ = (w)[0];                                                                        \
+        a0 += (t)[0] * wk_;                                                                          \
+        a1 += (t)[1] * wk_;                                                                          \
+        wk_ = (w)[1];                                                                                \
+        a0 += (t)[1] * wk_;                                                                          \
+        a1 += (t)[2] * wk_;                                                                          \
+        wk_ = (w)[2];                                                                                \
+        a0 += (t)[2] * wk_;                                                                          \
+        a1 += (t)[3] * wk_;                                                                          \
+    } while (0)
+#endif
+
+BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
+                                   const bm__cw *cw, uint32_t g)
+{
+    int32_t half = ((int32_t)1 << g) >> 1;
+    uint32_t top = 0;
+    for (; nr > 0u; nr--, x += s, out += s) {
+        const int8_t *p = x, *end = x + nc;
+        int8_t *o = out;
+#if BM__CONV_MUL
+        for (end -= nc & 1u; p != end; p += 2, o += 2) {
+            const int8_t *t = p;
+            int32_t a0 = 0, a1 = 0;
+            BM__ROW2(a0, a1, t, cw->w);
+            t += s;
+            BM__FRESH(t);
+            BM__ROW2(a0, a1, t, cw->w + 3);
+            t += s;
+            BM__FRESH(t);
+            BM__ROW2(a0, a1, t, cw->w + 6);
+            BM__REQUANT(a0, o[0]);
+            BM__REQUANT(a1, o[1]);
+        }
+        if (nc & 1u) {                    /* an odd last output */
+            int32_t y = BM__WIN(p, s, cw);
+            BM__REQUANT(y, *o);
+        }
+#else
+        do {
+            int32_t y = BM__WIN(p, s, cw);
+            BM__REQUANT(y, *o);
+            o++;
+        } while (++p != end);
+#endif
+    }
+    return top;
+}
+
+#if BM__CONV_MUL
+/* a0 += row t[0..2] . w, a1 += t[1..3] . w, b0 += u[0..2] . w, b1 += u[1..3] . w: each weight loaded once */
+#define BM__ROW4(a0, a1, b0, b1, t, u, w)                                                            \
+    do {                                                                                             \
+        int32_t wk_ = (w)[0];                                                                        \
+        a0 += (t)[0] * wk_;                                                                          \
+        a1 += (t)[1] * wk_;                                                                          \
+        b0 += (u)[0] * wk_;                                                                          \
+        b1 += (u)[1] * wk_;                                                                          \
+        wk_ = (w)[1];                                                                                \
+        a0 += (t)[1] * wk_;                                                                          \
+        a1 += (t)[2] * wk_;                                                                          \
+        b0 += (u)[1] * wk_;                                                                          \
+        b1 += (u)[2] * wk_;                                                                          \
+        wk_ = (w)[2];                                                                                \
+        a0 += (t)[2] * wk_;                                                                          \
+        a1 += (t)[3] * wk_;                                                                          \
+        b0 += (u)[2] * wk_;                                                                          \
+        b1 += (u)[3] * wk_;                                                                          \
+    } while (0)
+#endif
+
+/* bm__conv_q followed by the 2x2 max-pool, for r < nr, c < nc pooled outputs: P = max(0, the 4 values of
+   the windows (2r + i, 2c + j), i, j < 2) requantized into out[r s + c] (out may equal x: the block (r, c)
+   is the last to read x[r s + c]), or, when o32 is not NULL, P itself into o32[r nc + c] (a compact map). Pool
+   first, requant second: the same values (CONTRACT §6). Returns the OR of every P. */
+BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
+                                      const bm__cw *cw, uint32_t g, int32_t *o32)
+{
+    int32_t half = ((int32_t)1 << g) >> 1;
+    uint32_t top = 0;
+    for (; nr > 0u; nr--, x += s + s) {
+        const int8_t *p = x;
+        int8_t *o = out;                  /* NULL with o32 (a single conv layer has no m->chan) */
+        uint32_t left;
+        if (o32 == NULL)
+            out += s;
+        for (left = nc; left > 0u; left--, p += 2) {
+            int32_t a0, a1, b0, b1;
+#if BM__CONV_MUL
+            const int8_t *t = p, *u = p + s;
+            a0 = a1 = b0 = b1 = 0;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w);
+            t = u;
+            u += s;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w + 3);
+            t = u;
+            u += s;
+            BM__FRESH(u);
+            BM__ROW4(a0, a1, b0, b1, t, u, cw->w + 6);
+#else
+            a0 = BM__WIN(p, s, cw);
+            a1 = BM__WIN(p + 1, s, cw);
+            b0 = BM__WIN(p + s, s, cw);
+            b1 = BM__WIN(p + s + 1, s, cw);
+#endif
+            a0 = a1 > a0 ? a1 : a0;
+            b0 = b1 > b0 ? b1 : b0;
+            a0 = b0 > a0 ? b0 : a0;
+            if (o32 != NULL) {
+                a0 = a0 > 0 ? a0 : 0;
+                top |= (uint32_t)a0;
+                *o32++ = a0;
+            } else
+                BM__REQUANT(a0, *o++);
+        }
+    }
+    return top;
+}
+#endif /* BM_CFG_CNN */
+
+/* The same conv, not requantized: out[r nc + c] = y, or without relu the signed acc * 2^k (CONTRACT §3's
+   final-layer value); out is a compact [nr][nc] map. */
+BM__HOT static void bm__conv_y(const int8_t *x, uint32_t s, uint32_t nr, uint32_t nc, const bm__cw *cw,
+                               int32_t relu, int32_t *out)
+{
+    for (; nr > 0u; nr--, x += s) {
+        const int8_t *p = x, *end = x + nc;
+        do {
+            int32_t y = BM__WIN(p, s, cw);
+            *out++ = relu && y < 0 ? 0 : y;
+        } while (++p != end);
+    }
+}
+
+/* One output channel of a conv with cpg > 1 input channels per group (x: the group's first channel, [cpg][h][w]):
+   each window gathered across the channels, then its dot product with the row. Not a hot path: the
+   contract's CNN has cpg 1. */
+static void bm__conv_wide(const int8_t *x, int32_t cpg, int32_t h, int32_t w, const uint32_t *row, int32_t fmt,
+                          uint32_t k, int32_t relu, int32_t *out)
+{
+    int8_t win[9 * BM_CFG_CONV_MAX_CPG];
+    int32_t n_w = (cpg << 3) + cpg, oh, ow;
+    uint32_t hw = bm__umul((uint32_t)h, (uint32_t)w);
+#if BM__CONV_MUL
+    int32_t wv[9 * BM_CFG_CONV_MAX_CPG];
+    bm__conv_decode(fmt, row, n_w, k, wv);
+#else
+    bm__dot_fn dot = bm__dot_for(fmt);
+#endif
+    for (oh = 2; oh < h; oh++, x += w)
+        for (ow = 2; ow < w; ow++) {
+            const int8_t *xc = x + (ow - 2);
+            int8_t *wp = win;
+            int32_t ci, acc;
+            for (ci = 0; ci < cpg; ci++, xc += hw, wp += 9) {
+                const int8_t *r0 = xc, *r1 = r0 + w, *r2 = r1 + w;
+                wp[0] = r0[0]; wp[1] = r0[1]; wp[2] = r0[2];
+                wp[3] = r1[0]; wp[4] = r1[1]; wp[5] = r1[2];
+                wp[6] = r2[0]; wp[7] = r2[1]; wp[8] = r2[2];
+            }
+#if BM__CONV_MUL
+            acc = 0;
+            for (ci = 0; ci < n_w; ci++)
+                acc += win[ci] * wv[ci];
+            *out++ = relu && acc < 0 ? 0 : acc;
+#else
+            acc = dot(row, win, n_w);
+            *out++ = bm__out_shift(acc, k, relu);
+#endif
+        }
+}
+
 bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const uint32_t *words,
                      int32_t row_words, int32_t fmt, int32_t n_out, int32_t groups,
                      const uint8_t *out_shifts, int32_t relu, int32_t *out)
@@ -787,16 +1123,10 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
     /* One flat loop over output channels, and pointers that advance by sizes made with bm__umul:
        a pointer carried across nested variable-count loops would let the compiler rebuild its
        final value with a multiply (a __mulsi3 call on RV32EC). */
-    int8_t win[9 * BM_CFG_CONV_MAX_CPG];    /* the receptive field of one output, [ci][dy][dx] */
-#if BM__HAS_MUL
-    int16_t wv[9 * BM_CFG_CONV_MAX_CPG];    /* multiply formats: the row's weights, decoded once */
-    int32_t mul = bm__is_mul(fmt);
-#endif
-    bm__dot_fn dot = bm__dot_for(fmt);
-    int32_t cpg, opg, n_w, c, in_group, ho, wo;
-    uint32_t hw, cpg_hw, plane;
+    int32_t cpg, opg, c, in_group;
+    uint32_t cpg_hw, plane;
     bm_status st;
-    if (dot == NULL)
+    if (!bm__fmt_in(fmt, BM_CFG_CONV_FORMATS))
         return BM_ERR_FORMAT;
     if (x == NULL || words == NULL || out == NULL || c_in < 1 || n_out < 1 || groups < 1 || h < 3 || w < 3)
         return BM_ERR_ARG;
@@ -804,60 +1134,20 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
     opg = bm__div_exact(n_out, groups);
     if (cpg < 1 || opg < 1 || cpg > BM_CFG_CONV_MAX_CPG)
         return BM_ERR_ARG;
-    n_w = (cpg << 3) + cpg;
-    st = bm__check_rows(fmt, n_w, row_words, out_shifts, n_out);
+    st = bm__check_rows(fmt, (cpg << 3) + cpg, row_words, out_shifts, n_out);
     if (st != BM_OK)
         return st;
-    ho = h - 2;
-    wo = w - 2;
-    hw = bm__umul((uint32_t)h, (uint32_t)w);
-    cpg_hw = bm__umul((uint32_t)cpg, hw);
-    plane = bm__umul((uint32_t)ho, (uint32_t)wo);
+    cpg_hw = bm__umul((uint32_t)cpg, bm__umul((uint32_t)h, (uint32_t)w));
+    plane = bm__umul((uint32_t)(h - 2), (uint32_t)(w - 2));
     in_group = 0;
     for (c = 0; c < n_out; c++) {
-        const int8_t *xr = x;                      /* input row of the window's top left */
-        int32_t *o = out;
         uint32_t k = out_shifts != NULL ? out_shifts[c] : 0u;
-        int32_t oh;
-#if BM__HAS_MUL
-        if (mul)
-            bm__decode_mul(fmt, words, n_w, wv);
-#endif
-        for (oh = 0; oh < ho; oh++) {
-            int32_t ow;
-            for (ow = 0; ow < wo; ow++) {
-                const int8_t *xc = xr + ow;
-                int32_t ci, acc;
-#if BM__HAS_MUL
-                if (mul) {                         /* multiply formats: MAC on the decoded row */
-                    const int16_t *wq = wv;
-                    acc = 0;
-                    for (ci = 0; ci < cpg; ci++) {
-                        const int8_t *r0 = xc, *r1 = r0 + w, *r2 = r1 + w;
-                        acc += r0[0] * wq[0] + r0[1] * wq[1] + r0[2] * wq[2] +
-                               r1[0] * wq[3] + r1[1] * wq[4] + r1[2] * wq[5] +
-                               r2[0] * wq[6] + r2[1] * wq[7] + r2[2] * wq[8];
-                        wq += 9;
-                        xc += hw;
-                    }
-                } else
-#endif
-                {                                  /* gather the window, then the row dot */
-                    int8_t *wp = win;
-                    for (ci = 0; ci < cpg; ci++) {
-                        const int8_t *r0 = xc, *r1 = r0 + w, *r2 = r1 + w;
-                        wp[0] = r0[0]; wp[1] = r0[1]; wp[2] = r0[2];
-                        wp[3] = r1[0]; wp[4] = r1[1]; wp[5] = r1[2];
-                        wp[6] = r2[0]; wp[7] = r2[1]; wp[8] = r2[2];
-                        wp += 9;
-                        xc += hw;
-                    }
-                    acc = dot(words, win, n_w);
-                }
-                *o++ = bm__out_shift(acc, k, relu);
-            }
-            xr += w;
-        }
+        if (cpg == 1) {
+            bm__cw cw;
+            bm__cw_set(&cw, fmt, words, k);
+            bm__conv_y(x, (uint32_t)w, (uint32_t)(h - 2), (uint32_t)(w - 2), &cw, relu, out);
+        } else
+            bm__conv_wide(x, cpg, h, w, words, fmt, k, relu, out);
         out += plane;
         words += row_words;
         if (++in_group == opg) {                   /* next group: next cpg input channels */
@@ -911,13 +1201,33 @@ static int32_t bm__max0(const int32_t *y, uint32_t n)
     return m;
 }
 
-/* The smallest s >= 0 with (m >> s) <= top, for m >= 0 (top 127: ShiftNorm's s). */
-static int32_t bm__shift_to(int32_t m, int32_t top)
+/* The smallest s >= 0 with (m >> s) < 2^bits, for m >= 0 (bits 7: ShiftNorm's s, (m >> s) <= 127), which
+   is the bit length of m >> bits, found in five steps. */
+static int32_t bm__shift_to(int32_t m, int32_t bits)
 {
+    uint32_t v = (uint32_t)m >> bits;
     int32_t s = 0;
-    while ((m >> s) > top)
-        s++;
-    return s;
+    if (v >> 16) {
+        v >>= 16;
+        s += 16;
+    }
+    if (v >> 8) {
+        v >>= 8;
+        s += 8;
+    }
+    if (v >> 4) {
+        v >>= 4;
+        s += 4;
+    }
+    if (v >> 2) {
+        v >>= 2;
+        s += 2;
+    }
+    if (v >> 1) {
+        v >>= 1;
+        s += 1;
+    }
+    return s + (int32_t)v;
 }
 
 /* ShiftNorm's output for a known shift s in [0, 24]: min((max(y, 0) + ((1 << s) >> 1)) >> s, 127). */
@@ -936,7 +1246,7 @@ int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out)
     int32_t s;
     if (y == NULL || out == NULL || n < 0)
         return BM_ERR_ARG;
-    s = bm__shift_to(bm__max0(y, (uint32_t)n), 127);
+    s = bm__shift_to(bm__max0(y, (uint32_t)n), 7);
     bm__requant(y, (uint32_t)n, s, out);
     return s;
 }
@@ -962,21 +1272,22 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
 
 #if BM_CFG_CNN
 /* ---- CNN streaming (CONTRACT §6, "Streaming") ---------------------------------------------------------
-   The conv layers run one channel at a time through all of them, so only one channel's maps are held:
-   m->acc one conv output (int32), m->chan one requantized map (the next layer's input), m->act x0.
-   m->feat holds, after C*H*W cached values of the last conv layer, C exponents and two bytes per conv
-   layer: the shifts used (kept from run to run as the next run's guesses) and the shifts measured. */
+   The conv layers run one channel at a time through all of them, so only one channel's maps are held.
+   m->act holds x0, which every channel reads. m->chan holds the channel's working map: conv1 writes its
+   requantized output there and each further layer but the last overwrites it in place (bm__conv_q), a pool
+   compacting it in place too; every map keeps rows N bytes apart (N x N: the input). The last layer writes
+   its int32 values to m->acc, and they wait in m->feat, kept to 8 bits, for the layer's shift. m->feat holds
+   the C*H*W cached values, C exponents, then four bytes per conv layer: guess (the shifts used, kept from run
+   to run), meas (the shifts measured), hot (a channel that reached its layer's shift, kept from run to run)
+   and seen (the same for the pass under way). */
 
-/* Conv layer lay on channel c alone: x, that channel's [in_h][in_w] input map (conv1: x0) -> m->acc,
-   [out_h][out_w] int32 after ReLU, << k[c] and the optional pool. */
-static bm_status bm__conv_channel(const bm_model *m, const bm_layer *lay, const int8_t *x, uint32_t c)
+/* 1 when c is one of list[0..n). */
+static int32_t bm__listed(const uint8_t *list, uint32_t n, uint32_t c)
 {
-    bm_status st = bm_conv3x3(x, 1, lay->in_h, lay->in_w, lay->words + bm__umul(c, lay->row_words),
-                              lay->row_words, lay->format, 1, 1,
-                              lay->out_shifts != NULL ? lay->out_shifts + c : NULL, 1, m->acc);
-    if (st == BM_OK && lay->pool)
-        st = bm_maxpool2(m->acc, 1, lay->in_h - 2, lay->in_w - 2, m->acc);
-    return st;
+    for (; n > 0u; n--)
+        if (*list++ == c)
+            return 1;
+    return 0;
 }
 
 /* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input), then depthwise
@@ -985,99 +1296,165 @@ static bm_status bm__conv_channel(const bm_model *m, const bm_layer *lay, const 
 static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_t n)
 {
     uint32_t ch = lay->n_out, h = lay->in_h, w = lay->in_w, plane = 0u, j;
-    if (ch < 1u || bm__umul(h, w) != m->n_pixels || m->feat == NULL || (n > 1u && m->chan == NULL))
+    if (ch < 1u || bm__umul(h, w) != m->n_pixels || m->feat == NULL ||
+        (n > 1u && (m->chan == NULL || m->chan_bytes < m->n_pixels)))
         return 0u;
     for (j = 0; j < n; j++, lay++) {
         uint32_t in_c = j == 0u ? 1u : ch;
         if (lay->op != (j == 0u ? BM_OP_CONV : BM_OP_DWCONV) || lay->in_c != in_c || lay->groups != in_c ||
-            lay->n_out != ch || lay->in_h != h || lay->in_w != w || h < 3u || w < 3u ||
-            bm__umul(h - 2u, w - 2u) > m->acc_words)
+            lay->n_out != ch || lay->in_h != h || lay->in_w != w || h < 3u || w < 3u)
             return 0u;
-        h = lay->pool ? (h - 2u) >> 1 : h - 2u;
-        w = lay->pool ? (w - 2u) >> 1 : w - 2u;
+        h -= 2u;
+        w -= 2u;
+        if (lay->pool) {
+            h >>= 1;
+            w >>= 1;
+        }
+        if (j + 1u == n && bm__umul(lay->pool ? h + h : h, lay->pool ? w + w : w) > m->acc_words)
+            return 0u;                    /* the last layer's int32 map, before its pool */
         if (lay->out_h != h || lay->out_w != w || h < 1u || w < 1u)
             return 0u;
         plane = bm__umul(h, w);
-        if (j + 1u < n && plane > m->chan_bytes)
-            return 0u;
     }
     plane = bm__umul(ch, plane);
-    return plane <= m->act_bytes && plane + ch + n + n <= m->feat_bytes ? plane : 0u;
+    return plane <= m->act_bytes && plane + ch + (n << 2) <= m->feat_bytes ? plane : 0u;
+}
+
+/* guess[j] = to, and the next guessed layer's guess moves the other way: a layer scaled by 2^d feeds the
+   next one values 2^d times smaller, whose shift tends to be d lower (a guess, never a result). */
+static void bm__reguess(uint8_t *guess, uint32_t j, uint32_t nh, uint32_t to)
+{
+    if (j + 1u < nh) {
+        int32_t g = (int32_t)guess[j + 1u] + (int32_t)guess[j] - (int32_t)to;
+        guess[j + 1u] = (uint8_t)(g < 0 ? 0 : g > 24 ? 24 : g);
+    }
+    guess[j] = (uint8_t)to;
 }
 
 /* The conv layers lay[0..n) (checked by bm__cnn_features, giving feats) on x0 in m->act; leaves the
    last one's requantized features in m->act and advances the trace pointers (NULL: no trace).
-   A pass takes every channel through all n layers, requantizing layer j < n-1 with a guess of its
-   shift, and measures every layer's true shift. When every guess equals its measure the pass was
-   exact and is the last; otherwise the first wrong guess is replaced by its measure (exact, as every
-   layer before it was) and the pass repeats: at most n passes. The trace gets each pass's maps, so
-   the last pass's stand. */
+   A pass takes every channel through all n layers, requantizing layer j < n-1 with a guess of its shift,
+   and measures every layer's true shift, exact for layer j when the guesses of the layers before it are.
+   When every guess equals its measure the pass was exact and is the last; otherwise the first wrong guess
+   is replaced by its measure and the pass repeats. Two things make a wrong guess cheap: the channels that
+   reached their layer's shift in the previous run go first, and a pass stops as soon as a channel's shift
+   exceeds its layer's guess (at most n such stops a run, the first channel's conv1 shift, a lower bound of
+   the layer's, included: then at most n whole passes follow). The trace gets each pass's maps, so the last
+   pass's stand. */
 static bm_status bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats,
                              int8_t **t_acts, int32_t **t_shifts)
 {
-    uint32_t ch = first->n_out, plane = 0u, c, j;
-    uint8_t *cache = m->feat, *exps = cache + feats, *guess = exps + ch, *meas = guess + n;
+    uint32_t ch = first->n_out, nn = first->in_w, nh = n - 1u, plane = 0u, stops = 0u, i, j;
+    int32_t probe = 1;                    /* the run's first conv1 channel: its shift is the first guess */
+    uint8_t *cache = m->feat, *exps = cache + feats, *guess = exps + ch, *meas = guess + n, *hot = meas + n;
+    uint8_t *seen = hot + n;
     const uint8_t *v;
     int8_t *o, *t;
-    for (j = 0; j < n; j++)
+    for (j = 0; j < n; j++) {
         if (guess[j] > 24u)               /* ShiftNorm's s is at most 24 (CONTRACT §4) */
             guess[j] = 0;
+        if (hot[j] >= ch)
+            hot[j] = 0;
+    }
     for (;;) {
-        uint8_t *f = cache;
+        uint32_t wrong = n;               /* a layer whose guess proved wrong: the pass stops */
         for (j = 0; j < n; j++)
             meas[j] = 0;
-        for (c = 0; c < ch; c++) {
+        /* position i: hot[i] for i < nh (each channel once), then channel i - nh unless it was hot */
+        for (i = 0; i < nh + ch && wrong == n; i++) {
+            uint32_t c = i < nh ? hot[i] : i - nh;
             const bm_layer *lay = first;
             const int8_t *x = m->act;
             int8_t *tl = *t_acts;         /* layer j's trace: ch maps of plane values, channel-major */
+            if (bm__listed(hot, i < nh ? i : nh, c))
+                continue;
             for (j = 0; j < n; j++, lay++) {
-                int32_t top, s;
-                bm_status st = bm__conv_channel(m, lay, x, c);
-                if (st != BM_OK)
-                    return st;
-                plane = bm__umul(lay->out_h, lay->out_w);
-                top = bm__max0(m->acc, plane);
-                s = bm__shift_to(top, 127);
-                if (s > meas[j])
-                    meas[j] = (uint8_t)s;
-                if (j + 1u < n) {
-                    bm__requant(m->acc, plane, guess[j], m->chan);
+                uint32_t h = lay->in_h - 2u, w = lay->in_w - 2u, s;
+                bm__cw cw;
+                if (lay->pool) {          /* a pool drops an odd last row and column: not computed */
+                    h &= ~1u;
+                    w &= ~1u;
+                }
+                bm__cw_set(&cw, lay->format, lay->words + bm__umul(c, lay->row_words),
+                           lay->out_shifts != NULL ? lay->out_shifts[c] : 0u);
+                if (j < nh) {
+                    uint32_t top;
+                    if (lay->pool) {
+                        h >>= 1;
+                        w >>= 1;
+                        top = bm__conv_pool(x, m->chan, nn, h, w, &cw, guess[j], NULL);
+                    } else
+                        top = bm__conv_q(x, m->chan, nn, h, w, &cw, guess[j]);
+                    s = (uint32_t)bm__shift_to((int32_t)top, 7);
+                    x = m->chan;
+                    if (i == 0u || s > meas[j])
+                        seen[j] = (uint8_t)c;
+                    if (s > meas[j])
+                        meas[j] = (uint8_t)s;
+                    if (stops < n + n && (s > guess[j] || (probe && s != guess[j]))) {
+                        wrong = j;        /* the guess is too low, or the run's first probe differs */
+                        probe = 0;
+                        break;
+                    }
+                    probe = 0;
                     if (tl != NULL) {
-                        bm__copy_i8(m->chan, plane, tl + bm__umul(c, plane));
+                        const int8_t *src = m->chan;
+                        uint32_t r, q;
+                        plane = bm__umul(h, w);
+                        for (r = 0, o = tl + bm__umul(c, plane); r < h; r++, src += nn)
+                            for (q = 0; q < w; q++)
+                                *o++ = src[q];
                         tl += bm__umul(ch, plane);
                     }
-                    x = m->chan;
                 } else {                  /* the last layer: 8 bits y >> a until its shift is known */
                     const int32_t *y = m->acc;
-                    int32_t a = bm__shift_to(top, 255);
-                    uint32_t i;
+                    uint8_t *f;
+                    int32_t top, a;
+                    plane = bm__umul(lay->out_h, lay->out_w);
+                    if (lay->pool)
+                        top = (int32_t)bm__conv_pool(x, m->chan, nn, h >> 1, w >> 1, &cw, 0, m->acc);
+                    else {
+                        bm__conv_y(x, nn, h, w, &cw, 1, m->acc);
+                        top = bm__max0(m->acc, plane);
+                    }
+                    s = (uint32_t)bm__shift_to(top, 7);
+                    if (s > meas[j])
+                        meas[j] = (uint8_t)s;
+                    a = bm__shift_to(top, 8);
                     exps[c] = (uint8_t)a;
-                    for (i = plane; i > 0u; i--)
+                    for (f = cache + bm__umul(c, plane), h = plane; h > 0u; h--)
                         *f++ = (uint8_t)(*y++ >> a);
                 }
             }
         }
-        for (j = 0; j + 1u < n && meas[j] == guess[j]; j++)
-            ;
-        if (j + 1u >= n)
-            break;
-        guess[j] = meas[j];
+        if (wrong < n)
+            stops++;
+        else {                            /* a whole pass: exact up to its first wrong guess */
+            for (j = 0; j < nh && meas[j] == guess[j]; j++)
+                ;
+            if (j >= nh)
+                break;
+            wrong = j;
+        }
+        bm__reguess(guess, wrong, nh, meas[wrong]);
     }
-    guess[n - 1u] = meas[n - 1u];
+    guess[nh] = meas[nh];
+    for (j = 0; j < nh; j++)
+        hot[j] = seen[j];
     /* ShiftNorm of the last layer with s = meas[n-1] from y >> a: a < s whenever a > 0, so
        (v + ((1 << (s-a)) >> 1)) >> (s-a) equals (y + ((1 << s) >> 1)) >> s. x0 is dead now. */
-    for (c = 0, v = cache, o = m->act; c < ch; c++, v += plane, o += plane) {
-        int32_t d = (int32_t)meas[n - 1u] - (int32_t)exps[c], half = (((int32_t)1) << d) >> 1;
-        uint32_t i;
-        for (i = 0; i < plane; i++) {
-            int32_t q = ((int32_t)v[i] + half) >> d;
-            o[i] = (int8_t)(q < 127 ? q : 127);
+    for (i = 0, v = cache, o = m->act; i < ch; i++, v += plane, o += plane) {
+        int32_t d = (int32_t)meas[nh] - (int32_t)exps[i], half = (((int32_t)1) << d) >> 1;
+        uint32_t q;
+        for (q = 0; q < plane; q++) {
+            int32_t r = ((int32_t)v[q] + half) >> d;
+            o[q] = (int8_t)(r < 127 ? r : 127);
         }
     }
     t = *t_acts;
     if (t != NULL) {
         const bm_layer *lay = first;
-        for (j = 0; j + 1u < n; j++, lay++)
+        for (j = 0; j < nh; j++, lay++)
             t += bm__umul(ch, bm__umul(lay->out_h, lay->out_w));
         bm__copy_i8(m->act, feats, t);
         *t_acts = t + feats;
@@ -1125,6 +1502,13 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
         len = bm__cnn_features(m, lay, n);
         if (len == 0u)
             return BM_ERR_ARG;
+        for (end = lay; end != lay + n; end++) {
+            if (!bm__fmt_in(end->format, BM_CFG_CONV_FORMATS))
+                return BM_ERR_FORMAT;
+            st = bm__check_rows(end->format, 9, end->row_words, end->out_shifts, end->n_out);
+            if (st != BM_OK)
+                return st;
+        }
         st = bm__run_cnn(m, lay, n, len, &t_acts, &t_shifts);
         if (st != BM_OK)
             return st;

@@ -16,16 +16,21 @@
                           BM_FMTS_MULFREE when BM_CFG_NO_MULTIPLY is defined. A model header that
                           uses a format left out fails with #error naming the format; a kernel
                           called at runtime with such a format returns BM_ERR_FORMAT.
+     BM_CFG_FC_FORMATS    the formats bm_fc accepts and BM_CFG_CONV_FORMATS those bm_conv3x3 accepts
+     BM_CFG_CONV_FORMATS  (subsets of BM_CFG_FORMATS, which they default to): a firmware leaves out the
+                          kernels and decoders of formats its fc or conv layers do not use (flash, SRAM).
      BM_CFG_NO_MULTIPLY   when defined, selecting 4bit, 8bit or nf4 is a compile error. The
                           remaining kernels use add, subtract and shift only, so the object has no
-                          mul/div instruction and no __mulsi3/__divsi3 call on RV32EC.
+                          mul/div instruction and no __mulsi3/__divsi3 call on RV32EC. Without it
+                          the conv kernels and size computations use the core's multiply.
      BM_CFG_CNN           1 (default): bm_run also runs CNN layer tables (the channel-streaming
                           driver); 0: FC tables only, which leaves the driver out (about 2 KB of
                           flash on RV32EC). A model header with conv layers fails with #error then.
      BM_CFG_CONV_MAX_CPG  largest input-channels-per-group a conv kernel accepts (default 4; the
                           contract's CNN uses 1). It sizes a 9*cpg byte window on the stack.
      BM_CFG_KERNELS       bm_fc's kernels: 1 (default) the fast column-table kernels described
-                          below, 0 the reference row-by-row decoders (bm_conv3x3 always uses those).
+                          below, 0 the reference row-by-row decoders (the conv kernels do not depend
+                          on it: CONV KERNELS).
                           Same outputs bit for bit; 1 takes 256 bytes more stack per table word
                           column and about 500 bytes more code.
      BM_CFG_FC_WORDS      word columns per table block of the fast kernels: 1 (default) or 2. With
@@ -53,6 +58,16 @@
      additions changes, which integer addition does not see.
      The per-weight and per-input loops (bm__rows_*, bm__tab_*, bm__fc_8bit) are separate functions
      (never inlined), so that a firmware can place just them in SRAM by name.
+
+   CONV KERNELS
+     A conv with one input channel per group (conv1's channels, the depthwise layers) runs one output
+     channel at a time. On a core that multiplies, the channel's 9 weights are decoded once, with the
+     shift k folded in (w * 2^k, exact under CONTRACT §3's bound), and each weight load serves two (a
+     row of outputs) or four (a 2x2 block) neighbouring outputs; the CNN driver's kernels requantize
+     each value with the layer's guessed shift as it is computed (bm__conv_q), or, for a layer with a
+     pool, take each 2x2 block's maximum and requantize that once (bm__conv_pool), writing int8 in
+     place of the channel's map. With BM_CFG_NO_MULTIPLY each 3x3 window is gathered for the format's
+     row dot product instead. The loops (bm__conv_*) are functions of their own for SRAM placement.
 
    USAGE
      #include "model.h"                       (generated; includes this header)
@@ -123,6 +138,16 @@
 #endif
 #endif
 
+#ifndef BM_CFG_FC_FORMATS
+#define BM_CFG_FC_FORMATS BM_CFG_FORMATS
+#endif
+#ifndef BM_CFG_CONV_FORMATS
+#define BM_CFG_CONV_FORMATS BM_CFG_FORMATS
+#endif
+#if ((BM_CFG_FC_FORMATS) | (BM_CFG_CONV_FORMATS)) & ~(BM_CFG_FORMATS)
+#error "bitmcu: BM_CFG_FC_FORMATS and BM_CFG_CONV_FORMATS must be subsets of BM_CFG_FORMATS"
+#endif
+
 #ifndef BM_CFG_CNN
 #define BM_CFG_CNN 1
 #endif
@@ -180,10 +205,11 @@ typedef struct bm_layer {
 
 /* A model: its layer table and the working buffers bm_run uses (not reentrant: one run at a time).
    An fc layer writes its int32 outputs to acc and its activations to act. A CNN's conv layers run one
-   channel at a time (CONTRACT §6, "Streaming"): acc holds one channel's conv output before pooling,
-   act the input x0 and then the flattened features, chan one channel's requantized map, feat the last
-   conv layer's values kept to 8 bits, one exponent per channel and two bytes per conv layer (the
-   shifts of the previous run, reused as guesses, so feat must persist between runs). The generated
+   channel at a time (CONTRACT §6, "Streaming"): act holds the input x0 and then the flattened features,
+   chan (N x N bytes) one channel's map, which conv1 writes and the later conv layers but the last
+   overwrite in place, acc the last conv layer's int32 channel map, feat the last conv layer's values
+   kept to 8 bits, one exponent per channel and four bytes per conv layer (among them the shifts and a
+   channel of the previous run, reused as guesses, so feat must persist between runs). The generated
    header sizes them (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan and feat are NULL
    and 0 for fc models) and bm_run checks every layer against them. */
 typedef struct bm_model {

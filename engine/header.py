@@ -33,27 +33,30 @@ def layout(model: dict[str, Any]) -> dict[str, Any]:
     """Sizes of a packed model, as the header #defines them.
 
     The conv layers of a CNN stream one channel at a time (CONTRACT §6, "Streaming"), so their
-    buffers hold one channel's maps. acc_words: the largest int32 output before pooling, of a hidden
-    fc layer (n_out) or of one conv channel ((H-2)*(W-2)); the final layer writes the caller's logits
-    directly. act_bytes: the largest int8 activation held whole: the N*N input, a hidden fc output or
-    the CNN's C*H*W features; a layer's input is dead once its int32 outputs exist. chan_bytes: one
-    channel's requantized map of every conv layer but the last (the next layer's input). feat_bytes:
-    the last conv layer's C*H*W values kept to 8 bits, C exponents and 2 bytes per conv layer (the
-    shifts used and measured). ram = 4*acc_words + act_bytes + chan_bytes + feat_bytes.
-    trace_act_bytes: x0 plus every requantized output, in order. flash: weight words, shift bytes
-    (per_tensor layers store none), and the layer table + model struct on a 32-bit target.
+    buffers hold one channel's maps. acc_words: the largest int32 output, of a hidden fc layer (n_out)
+    or of the last conv layer on one channel (its (H-2)*(W-2) map before the pool, a pool's odd last row
+    and column left out); the final layer writes the caller's logits directly. act_bytes: the largest
+    int8 activation held whole: the N*N input, a hidden fc output or the CNN's C*H*W features; a layer's
+    input is dead once its int32 outputs exist. chan_bytes: one channel's N*N working map, which the conv
+    layers but the last requantize in place (none for a single conv layer). feat_bytes: the last conv
+    layer's C*H*W values kept to 8 bits, C exponents and 4 bytes per conv layer (the shifts used and
+    measured, and a channel that reached the shift, in this run and the last). ram = 4*acc_words +
+    act_bytes + chan_bytes + feat_bytes. trace_act_bytes: x0 plus every requantized output, in order.
+    flash: weight words, shift bytes (per_tensor layers store none), and the layer table + model struct
+    on a 32-bit target.
     """
     n = int(model["image_size"])
     hidden = [lay for lay in model["layers"] if lay["requant"]]
     convs = [lay for lay in model["layers"] if lay["kind"] != "fc"]
     fcs = [lay for lay in hidden if lay["kind"] == "fc"]
     out_len = [int(np.prod(lay["out_shape"])) for lay in hidden]
-    acc = [int(lay["n_out"]) for lay in fcs] + \
-          [(int(lay["in_shape"][1]) - 2) * (int(lay["in_shape"][2]) - 2) for lay in convs]
-    planes = [int(lay["out_shape"][1]) * int(lay["out_shape"][2]) for lay in convs]
+    acc = [int(lay["n_out"]) for lay in fcs]
+    if convs:
+        h, w = int(convs[-1]["in_shape"][1]) - 2, int(convs[-1]["in_shape"][2]) - 2
+        acc.append((h - h % 2) * (w - w % 2) if convs[-1]["pool"] else h * w)
     feats = [int(np.prod(convs[-1]["out_shape"]))] if convs else []
-    chan_bytes = max([0, *planes[:-1]])
-    feat_bytes = feats[0] + int(convs[-1]["n_out"]) + 2 * len(convs) if convs else 0
+    chan_bytes = n * n if len(convs) > 1 else 0
+    feat_bytes = feats[0] + int(convs[-1]["n_out"]) + 4 * len(convs) if convs else 0
     shift_bytes = sum(int(lay["n_out"]) for lay in model["layers"] if np.asarray(lay["out_shifts"]).any())
     weight_bytes = sum(4 * int(np.asarray(lay["words"]).size) for lay in model["layers"])
     table_bytes = LAYER_BYTES * len(model["layers"]) + MODEL_BYTES
@@ -64,6 +67,12 @@ def layout(model: dict[str, Any]) -> dict[str, Any]:
                 ram_bytes=4 * acc_words + act_bytes + chan_bytes + feat_bytes, weight_bytes=weight_bytes,
                 shift_bytes=shift_bytes, table_bytes=table_bytes,
                 flash_bytes=weight_bytes + shift_bytes + table_bytes)
+
+
+def _mask(layers: list[dict[str, Any]], kinds: tuple[str, ...]) -> str:
+    """The BM_FMT_BIT mask of the formats of the layers of these kinds, as a C expression (0u when none)."""
+    fmts = sorted({lay["format"] for lay in layers if lay["kind"] in kinds}, key=FORMAT_IDS.get)
+    return "(" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in fmts) + ")" if fmts else "0u"
 
 
 def _define(name: str, value: Any, comment: str = "") -> str:
@@ -133,6 +142,8 @@ def render_header(model: dict[str, Any]) -> str:
         '#include "bitmcu.h"',
         "",
         "#define BM_MODEL_FORMATS (" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in formats) + ")",
+        "#define BM_MODEL_FC_FORMATS " + _mask(layers, ("fc",)),
+        "#define BM_MODEL_CONV_FORMATS " + _mask(layers, ("conv", "dwconv")),
         _define("BM_MODEL_CNN", int(any(lay["kind"] != "fc" for lay in layers)),
                 "1: conv layers, bm_run needs BM_CFG_CNN 1"),
         "#if BM_MODEL_CNN && !BM_CFG_CNN",
@@ -145,6 +156,12 @@ def render_header(model: dict[str, Any]) -> str:
                 f'#error "bitmcu model: format {f} (layers {users}) is not compiled in; '
                 f'add BM_FMT_BIT({_fmt_macro(f)}) to BM_CFG_FORMATS"',
                 "#endif"]
+        for kinds, cfg in ((("fc",), "BM_CFG_FC_FORMATS"), (("conv", "dwconv"), "BM_CFG_CONV_FORMATS")):
+            users = ", ".join(lay["name"] for lay in layers if lay["format"] == f and lay["kind"] in kinds)
+            if users:
+                out += [f"#if !(({cfg}) & BM_FMT_BIT({_fmt_macro(f)}))",
+                        f'#error "bitmcu model: format {f} (layers {users}) is left out of {cfg}"',
+                        "#endif"]
     names = ", ".join(f'"{lay["name"]}"' for lay in layers)
     out += [
         "",
@@ -155,10 +172,10 @@ def render_header(model: dict[str, Any]) -> str:
         _define("BM_N_LAYERS", len(layers)),
         _define("BM_LAYER_NAMES", f"{{{names}}}"),
         _define("BM_N_SHIFTS", sizes["n_shifts"], "requantized layers"),
-        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc or conv-channel output, unpooled"),
+        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output or last conv channel map"),
         _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
-        _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's requantized conv map"),
-        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, shifts"),
+        _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's N x N working conv map"),
+        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 4 B/conv"),
         _define("BM_TRACE_ACT_BYTES", sizes["trace_act_bytes"], "int8: x0 and every requantized output"),
         _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan + feat"),
         _define("BM_FLASH_WEIGHT_BYTES", sizes["weight_bytes"], "packed weight words"),

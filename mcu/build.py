@@ -41,7 +41,8 @@ CFLAGS = ["-Os", "-g", "-std=c99", "-ffreestanding", "-nostdlib", "-nostartfiles
           "-fdata-sections", "-fstack-usage", "-Wall", "-Wextra", "-Werror"]
 # The loops over the weights (row dot products, fc and conv kernels and their helpers): the code
 # that runs per weight. Everything else in bitmcu.c runs per layer or per activation. The conv
-# kernels go to SRAM only for a model with conv layers (bm_run links them in for every model).
+# kernels (bm__conv_*: the channel loops, the window gather, the once-per-channel weight decoder) go
+# to SRAM only for a model with conv layers.
 SRAM_KERNELS = re.compile(r"^(bm_fc|bm__(dot|fc|tab|rows|out_shift)\w*)(\.\w+)*$")
 SRAM_CONV_KERNELS = re.compile(r"^(bm_conv3x3|bm__conv\w*)(\.\w+)*$")
 TOOL_HINT = ("Debian/Ubuntu: apt-get install gcc-riscv64-unknown-elf (./run does it when run as root); "
@@ -168,11 +169,13 @@ def _images_header(images: np.ndarray, labels: np.ndarray) -> str:
             "\n};\n" + f"static const uint8_t fw_labels[{n}] = {{{', '.join(str(int(v)) for v in labels)}}};\n")
 
 
-def model_formats(header: str) -> str:
-    """The BM_MODEL_FORMATS expression of a generated header, for -DBM_CFG_FORMATS (only its kernels)."""
-    m = re.search(r"^#define BM_MODEL_FORMATS (\(.*\))$", header, re.M)
+def model_formats(header: str, which: str = "") -> str:
+    """The BM_MODEL_FORMATS expression of a generated header, for -DBM_CFG_FORMATS (only its kernels);
+    which "FC_" or "CONV_": BM_MODEL_FC_FORMATS or BM_MODEL_CONV_FORMATS, for -DBM_CFG_FC_FORMATS and
+    -DBM_CFG_CONV_FORMATS (each kind's kernels only for its layers' formats)."""
+    m = re.search(rf"^#define BM_MODEL_{which}FORMATS (\(.*\)|0u)$", header, re.M)
     if not m:
-        raise FirmwareError("model.h has no BM_MODEL_FORMATS line; regenerate it with engine/header.py")
+        raise FirmwareError(f"model.h has no BM_MODEL_{which}FORMATS line; regenerate it with engine/header.py")
     return m.group(1)
 
 
@@ -250,7 +253,8 @@ def build(fw: Firmware, header: str, out: Path, images: np.ndarray | None = None
     (work / "model.h").write_text(header)
     (work / "fw_config.h").write_text(_config_header(fw, n_images))
     # only the model's formats, and the CNN driver only for a CNN: flash is 16 KB in all
-    defines = [f"BM_CFG_FORMATS={model_formats(header)}", f"BM_CFG_CNN={int(has_conv(header))}"]
+    defines = [f"BM_CFG_FORMATS={model_formats(header)}", f"BM_CFG_FC_FORMATS={model_formats(header, 'FC_')}",
+               f"BM_CFG_CONV_FORMATS={model_formats(header, 'CONV_')}", f"BM_CFG_CNN={int(has_conv(header))}"]
     defines += ([] if t.multiplier else ["BM_CFG_NO_MULTIPLY"]) + list(engine_options)
     objs = compile_objects([SRC / s for s in SOURCES[fw.mode]] + [ENGINE / "bitmcu.c"], work, fw.target, defines)
     engine_obj = objs[-1]

@@ -7,7 +7,8 @@ register writes are kept and read back; RCC reports its oscillator and PLL ready
 USART1 is always ready to send, captures every sent byte (`tx`) and delivers bytes given to `feed`;
 SysTick's counter reads as the estimated cycle count (mcu/cycles.py), and every read of it is recorded as
 a mark (instructions, cycles), so the two reads around an inference give its exact instruction count and
-estimated cycles. GPIO output registers are tracked per port (`gpio`).
+estimated cycles (with profile=True also a copy of the per-function profile, `mark_profiles`). GPIO
+output registers are tracked per port (`gpio`).
 
 Two firmware functions are recognised by symbol: reaching `fw_halt` ends a run ("halt"); reaching
 `fw_getc` with no received byte pending pauses it ("idle") until the host feeds more, or, when the host
@@ -55,6 +56,7 @@ class Emulator:
         self.instructions_in = {"flash": 0, "sram": 0}
         self.gpio = {p: 0 for p in GPIO.values()}
         self.profile: dict[str, list[float]] | None = defaultdict(lambda: [0, 0.0]) if profile else None
+        self.mark_profiles: list[dict[str, tuple[int, float]]] = []   # profile: a copy at each mark
         self._regs: dict[int, int] = {}
         self._blocks: dict[tuple[int, int], cm.Block] = {}
         self._prev: cm.Block | None = None
@@ -211,6 +213,8 @@ class Emulator:
         if addr == STK_CNT:
             n, c = self._now()
             self.marks.append((n, c))
+            if self.profile is not None:   # per-function figures between two marks (the reading block aside)
+                self.mark_profiles.append({k: (v[0], v[1]) for k, v in self.profile.items()})
             return int(c) & 0xFFFFFFFF
         if addr == USART_STATR:
             return 0xC0 | (0x20 if self.rx else 0)

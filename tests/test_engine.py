@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import example, given, note, settings
+from hypothesis import assume, example, given, note, settings
 from hypothesis import strategies as st
 
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
@@ -96,9 +96,19 @@ def test_fc_matches_naive(fclib, case):
     assert got.tolist() == want
 
 
+@pytest.fixture(scope="session", params=["mul", "mulfree"])
+def convlib(request, build_dir):
+    """bm_conv3x3's two kinds of kernels: decoded weights times inputs (a core that multiplies), and gathered
+    windows with the row dot products (BM_CFG_NO_MULTIPLY, the multiplier-free formats)."""
+    defines = [] if request.param == "mul" else ["BM_CFG_NO_MULTIPLY"]
+    return request.param, load_library(build_kernel_library(build_dir, defines=defines))
+
+
 @settings(max_examples=60, deadline=None)
 @given(conv_cases())
-def test_conv3x3_matches_naive(klib, case):
+def test_conv3x3_matches_naive(convlib, case):
+    kind, klib = convlib
+    assume(kind == "mul" or FORMATS[case["fmt"]].multiplier_free)
     x, c, fmt = np.ascontiguousarray(case["x"]), case["codes"], case["fmt"]
     words, rw = pack(c, fmt)
     b, cin, h, w = x.shape
@@ -225,6 +235,20 @@ def test_bad_arguments_and_unknown_formats(klib):
     assert lib.bm_shiftnorm(ffi.NULL, 1, ffi.NULL) == BM_ERR_ARG and lib.bm_argmax(op, 0) == BM_ERR_ARG
 
 
+def test_fc_and_conv_format_subsets_refuse_the_other_kinds_formats(build_dir):
+    """BM_CFG_FC_FORMATS / BM_CFG_CONV_FORMATS: bm_fc takes only the first, bm_conv3x3 only the second."""
+    fc, conv = FORMAT_IDS["4bitsym"], FORMAT_IDS["8bit"]
+    k = load_library(build_kernel_library(build_dir, defines=[f"BM_CFG_FORMATS={1 << fc | 1 << conv:#x}",
+                                                              f"BM_CFG_FC_FORMATS={1 << fc:#x}",
+                                                              f"BM_CFG_CONV_FORMATS={1 << conv:#x}"]))
+    x, words, out = np.ones(9, np.int8), np.zeros(4, np.uint32), np.zeros(9, np.int32)
+    xp, wp, op = _buf(k, "const int8_t[]", x), _buf(k, "const uint32_t[]", words), _buf(k, "int32_t[]", out)
+    assert k.lib.bm_fc(xp, 9, wp, 2, fc, 1, k.ffi.NULL, 1, op) == BM_OK
+    assert k.lib.bm_fc(xp, 9, wp, 3, conv, 1, k.ffi.NULL, 1, op) == BM_ERR_FORMAT
+    assert k.lib.bm_conv3x3(xp, 1, 3, 3, wp, 3, conv, 1, 1, k.ffi.NULL, 1, op) == BM_OK
+    assert k.lib.bm_conv3x3(xp, 1, 3, 3, wp, 2, fc, 1, 1, k.ffi.NULL, 1, op) == BM_ERR_FORMAT
+
+
 def test_formats_left_out_of_bm_cfg_formats_return_err_format(build_dir):
     k = load_library(build_kernel_library(build_dir, defines=[f"BM_CFG_FORMATS={MULFREE:#x}"]))
     x, out = np.ones(8, np.int8), np.zeros(1, np.int32)
@@ -291,8 +315,8 @@ def test_run_c_validates_pixels(packed_models, build_dir):
 
 def test_buffer_sizes_follow_the_layer_shapes(packed_models):
     cnn = layout(packed_models[4])                        # 16x16, C=4, streamed: one channel's maps at a time
-    assert cnn["acc_words"] == 14 * 14 and cnn["act_bytes"] == 256             # conv1 channel; x0
-    assert cnn["chan_bytes"] == 14 * 14 and cnn["feat_bytes"] == 4 * 2 * 2 + 4 + 2 * 3
+    assert cnn["acc_words"] == 4 * 4 and cnn["act_bytes"] == 256               # dw2 channel before its pool; x0
+    assert cnn["chan_bytes"] == 16 * 16 and cnn["feat_bytes"] == 4 * 2 * 2 + 4 + 4 * 3
     assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"] + cnn["chan_bytes"] + cnn["feat_bytes"]
     assert cnn["trace_act_bytes"] == 256 + 4 * 14 * 14 + 4 * 6 * 6 + 4 * 2 * 2 + 12
     fc = layout(packed_models[0])                         # 256 - 24 - 16 - 10, 4bitsym, per_tensor
@@ -426,9 +450,9 @@ CNN_TABLES = [(9, 3, (0,)), (11, 2, (1,)), (19, 5, (0, 1, 0, 1)), (16, 6, (1, 0,
 CNN_TABLE_IDS = [f"n{n}-c{c}-pools{''.join(map(str, p))}" for n, c, p in CNN_TABLES]
 
 
-def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int) -> dict:
-    """conv1 and len(pools) - 1 depthwise layers, then 1 or 2 fc layers; each layer a random format, random
-    codes and random per-output shifts up to the largest the bound allows (an export_model() dict)."""
+def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int, fmts: tuple[str, ...] = EXPORTABLE) -> dict:
+    """conv1 and len(pools) - 1 depthwise layers, then 1 or 2 fc layers; each layer a random format of fmts,
+    random codes and random per-output shifts up to the largest the bound allows (an export_model() dict)."""
     rng = np.random.default_rng(seed)
     layers, h = [], n
     for j, pool in enumerate(pools):
@@ -441,7 +465,7 @@ def _cnn_table_export(n: int, c: int, pools: tuple[int, ...], seed: int) -> dict
         layers.append(dict(name=f"fc{i + 1}", kind="fc", n_out=dims[i + 1], n_in=dims[i], groups=1,
                            in_shape=(dims[i],), out_shape=(dims[i + 1],), pool=False))
     for i, lay in enumerate(layers):
-        fmt = str(rng.choice(EXPORTABLE))
+        fmt = str(rng.choice(fmts))
         top = max(k for k in range(MAX_OUT_SHIFT + 1) if layer_bound(lay["n_in"], fmt, k) <= ACC_LIMIT)
         codes = rng.choice(np.array(FORMATS[fmt].codes, dtype=np.int64), (lay["n_out"], lay["n_in"]))
         lay.update(format=fmt, codes=codes, out_shifts=rng.integers(0, top + 1, lay["n_out"]),
@@ -468,6 +492,22 @@ def test_streamed_cnn_matches_refimpl(i, cnn_tables, build_dir):
     assert {k: info[k] for k in sizes if k in info} == {k: v for k, v in sizes.items() if k in info}
 
 
+MULFREE_FORMATS = tuple(f for f in EXPORTABLE if FORMATS[f].multiplier_free)
+
+
+@pytest.mark.parametrize("kernels", ["ref", "fast"])
+def test_streamed_cnn_multiplier_free_matches_refimpl(kernels, build_dir):
+    """BM_CFG_NO_MULTIPLY (the CH32V003): the conv kernels gather each window for the row dot products instead of
+    multiplying decoded weights; same results on every layer, conv1 with and without a pool, odd and even maps."""
+    for i, (n, c, pools) in enumerate(CNN_TABLES):
+        model = from_export(_cnn_table_export(n, c, pools, seed=50 + i, fmts=MULFREE_FORMATS))
+        lib = load_library(build_library(render_header(model), build_dir,
+                                         defines=["BM_CFG_NO_MULTIPLY", KERNELS[kernels]]))
+        px = _pixels(n, seed=200 + i)
+        for order in (px, px[::-1]):
+            assert_same_run(run_c(lib, order, trace=True), run(model, order))
+
+
 @pytest.mark.parametrize("table,define", [(3, "BM_ACC_WORDS"), (0, "BM_ACT_BYTES"), (3, "BM_CHAN_BYTES"),
                                           (3, "BM_FEAT_BYTES")])
 def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, table, define):
@@ -483,9 +523,10 @@ def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, t
 @needs_asan
 def test_streamed_cnn_clean_under_sanitizers(cnn_tables, build_dir, tmp_path):
     """Streamed CNNs under -fsanitize=address,undefined equal refimpl on every layer: buffers sized exactly
-    by layout, and a feat buffer that starts full of 0xFF (guessed shifts beyond ShiftNorm's 24)."""
+    by layout (a single pooled conv layer: no working map at all), and a feat buffer that starts full of 0xFF
+    (guessed shifts beyond ShiftNorm's 24, hot channels beyond C)."""
     args = []
-    for i in (2, 4, 6, 7):
+    for i in (1, 2, 4, 6, 7):
         model = cnn_tables[i]
         n = int(model["image_size"])
         px = np.concatenate([np.zeros((1, n, n), np.uint8), np.full((1, n, n), 255, np.uint8), _pixels(n, i)[:6]])
@@ -501,7 +542,7 @@ def test_streamed_cnn_clean_under_sanitizers(cnn_tables, build_dir, tmp_path):
             assert fill in text
         args += [str(build_library(text, build_dir, sanitize=True)), str(tmp_path / f"table{i}.npz")]
     res = _sanitized_python(args, _CHILD)
-    assert res.returncode == 0 and res.stdout.count("mismatch: none") == 4, f"{res.stdout}\n{res.stderr[-3000:]}"
+    assert res.returncode == 0 and res.stdout.count("mismatch: none") == 5, f"{res.stdout}\n{res.stderr[-3000:]}"
     assert "runtime error" not in res.stderr and "AddressSanitizer" not in res.stderr, res.stderr[-3000:]
 
 # ---- the generated header ---------------------------------------------------------------------------------
@@ -545,6 +586,11 @@ def test_unknown_format_id_in_the_table_returns_err_format(packed_models, build_
     ([f"BM_CFG_FORMATS={MULFREE:#x}"], "format 8bit (layers conv1, dw1, dw2) is not compiled in"),
     (["BM_CFG_NO_MULTIPLY"], "format 8bit (layers conv1, dw1, dw2) is not compiled in"),
     (["BM_CFG_NO_MULTIPLY", "BM_CFG_FORMATS=0x1FF"], "BM_CFG_NO_MULTIPLY forbids format 4bit"),
+    ([f"BM_CFG_CONV_FORMATS={1 << FORMAT_IDS['2bitsym']:#x}"],
+     "format 8bit (layers conv1, dw1, dw2) is left out of BM_CFG_CONV_FORMATS"),
+    ([f"BM_CFG_FC_FORMATS={1 << FORMAT_IDS['8bit'] | 1 << FORMAT_IDS['4bitsym']:#x}"],
+     "format 2bitsym (layers fc1) is left out of BM_CFG_FC_FORMATS"),
+    (["BM_CFG_FORMATS=0x40", "BM_CFG_FC_FORMATS=0x48"], "must be subsets of BM_CFG_FORMATS"),
 ])
 def test_header_with_a_format_left_out_fails_to_compile(packed_models, build_dir, defines, msg):
     with pytest.raises(RuntimeError, match=re.escape(msg)):

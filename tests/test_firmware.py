@@ -525,3 +525,32 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
         pytest.skip("the two random models happen to agree on these images")
     with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
         _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other)
+
+
+# ---- the CNN on the chips: channel-streamed conv kernels in SRAM -------------------------------------------
+CNN_FORMATS = {"ch32v003": ("fp130", "2bitsym", "4bitsym", "4bitsym", "4bitsym"),    # multiplier-free
+               "ch32v002": ("8bit", "8bit", "8bit", "2bitsym", "4bitsym")}              # cnn32's formats
+
+
+@needs_rv
+@pytest.mark.parametrize("target", ["ch32v003", "ch32v002"])
+def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
+    """A small CNN (12x12, 3 channels, per_output shifts) as serial firmware: every logit of every image equals
+    the host C engine's, images repeated and reordered so that the guessed shifts are right and wrong; on the
+    CH32V003 (kernels in flash) the inference code has no multiply."""
+    from engine.build import build_library, load_library
+    from pipeline.emulate import _serial
+
+    spec = ModelSpec(kind="cnn", image_size=12, cnn_channels=3, widths=(6,), formats=CNN_FORMATS[target],
+                     scaling="per_output")
+    header = header_of(spec, seed=4)
+    kernels = "flash" if target == "ch32v003" else "sram"    # 2 KB of RAM: the SRAM kernels do not fit with a CNN
+    b = build(Firmware(target=target, mode="serial", kernels=kernels), header, tmp_path)
+    assert b.scan == ("passed" if target == "ch32v003" else "not applicable")
+    assert ({"bm__conv_q", "bm__conv_pool"} <= set(b.sram_functions)) == (kernels == "sram")
+    images, labels = pixels(5, 12, seed=9)
+    images[0] = 0
+    images = np.concatenate([images, images[:1], images[::-1], images[2:3]])
+    lib = load_library(build_library(header, tmp_path / "lib"))
+    res = _serial(_emulator(b.elf, target), images, np.resize(labels, len(images)), lib)   # raises on a difference
+    assert res["images"] == len(images)
