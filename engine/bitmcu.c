@@ -780,9 +780,10 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
 /* ---- conv kernels ------------------------------------------------------------------------------------------
    A conv with one input channel per group (cpg 1: conv1's channels and the depthwise layers) runs one output
    channel at a time through bm__conv_q (int8 outputs requantized with a given shift, for the streaming CNN
-   driver) or bm__conv_y (int32 outputs, for bm_conv3x3 and the driver's last conv layer). A channel's weights
+   driver), bm__conv_pool (the same with a 2x2 max-pool, or int32 pooled values for the driver's last layer)
+   or bm__conv_y (int32 outputs, for bm_conv3x3 and a last layer without a pool). A channel's weights
    (bm__cw) are its 9 weights decoded once with CONTRACT §3's shift k folded in (BM__CONV_MUL), or its packed
-   row and k for the format's row dot product on each gathered window. */
+   row and k for the format's row dot product on each gathered window (bm__conv_win). */
 
 typedef struct bm__cw {
 #if BM__CONV_MUL
