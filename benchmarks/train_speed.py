@@ -62,7 +62,7 @@ for preset in args.presets:
     _, loss = step(clean[:bs], labels[:bs])   # compile (when on) before the clock starts; no update
     loss.backward()
     opt.zero_grad(set_to_none=True)
-    print(f"{preset}: first step (compile when train.compile is on for FC) {time.perf_counter() - t0:.1f} s",
+    print(f"{preset}: first step (includes torch.compile when train.compile is on) {time.perf_counter() - t0:.1f} s",
           flush=True)
     times = []
     for epoch in range(args.epochs):
