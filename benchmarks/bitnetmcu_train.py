@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.data import FILES, locate
+from pipeline.data import FILES, locate, read_verified
 
 # The two presets compared: bitmcu's preset name -> BitNetMCU parameters of the same network.
 PARAMS = {
@@ -63,15 +63,16 @@ def check_checkout(path: Path) -> Path:
 
 def seconds_per_epoch(checkout: Path, preset: str, epochs: int, batch_size: int, root: Path = Path(".")) -> list[float]:
     """Run BitNetMCU's training for `epochs` epochs of the preset's network at our batch size; its per-epoch times."""
-    src, found = locate(None, root.resolve(), allow_download=False)
+    _, found = locate(None, root.resolve(), allow_download=False)
     with tempfile.TemporaryDirectory(prefix="bitnetmcu-bench-") as tmp:
         work = Path(tmp) / "BitNetMCU"
         shutil.copytree(checkout, work, ignore=shutil.ignore_patterns(".git", "modeldata", "runs", "data"))
         (work / "modeldata").mkdir()
         raw = work / "data" / "MNIST" / "raw"
         raw.mkdir(parents=True)
-        for key, (base, _, _) in FILES.items():
+        for key, (base, md5, shape) in FILES.items():
             p = found[key]
+            read_verified(p, md5, shape)          # the data stage's checksum check, before BitNetMCU sees it
             (raw / base).write_bytes(gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes())
         params = {**COMMON, **PARAMS[preset], "num_epochs": epochs, "batch_size": batch_size}
         (work / "bench.yaml").write_text(yaml.safe_dump(params))
