@@ -94,6 +94,8 @@ _KEYS: list[Key] = [
     Key("train.elastic_alpha", "float", 40.0, "elastic displacement strength (pixels of the 28x28 image)",
         lo=0.0, hi=1000.0),
     Key("train.elastic_sigma", "float", 4.0, "elastic smoothness (Gaussian sigma, pixels)", lo=0.1, hi=100.0),
+    Key("train.weight_decay", "float", 0.0, "decoupled weight decay (AdamW) on the weight layers; 0 = plain Adam",
+        lo=0.0, hi=1.0),
     Key("train.label_smoothing", "float", 0.0, "cross-entropy label smoothing", lo=0.0, hi=0.5),
     Key("train.ema", "float", 0.0, "decay of an exponential moving average of the weights, which is "
         "evaluated and exported instead of the last step's; 0 = off (e.g. 0.999)", lo=0.0, hi=0.99999),

@@ -206,7 +206,7 @@ TRAIN_KEYS = tuple(SPEC_KEYS) + (
     "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
     "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
-    "train.label_smoothing", "train.ema",
+    "train.label_smoothing", "train.ema", "train.weight_decay",
 )
 TRAIN_RUNTIME_KEYS = ("train.device", "train.threads")
 

@@ -14,6 +14,7 @@ from pipeline.graph import Plan
 from pipeline.models import build_model
 from pipeline.spec import model_spec
 from pipeline.store import Store
+from pipeline.train import make_optimizer
 
 from .conftest import ROOT
 
@@ -101,3 +102,20 @@ def test_weight_average_swaps_in_and_back_exactly():
         assert not torch.equal(model.layers[0].clip, trained["layers.0.clip"])   # clips follow the average
     for k, v in model.state_dict().items():
         assert torch.equal(v, trained[k]), k
+
+
+def test_weight_decay_shrinks_only_the_weight_layers():
+    cfg = config.load(TINY).replace(**{"train.weight_decay": 0.1, "prune.keep": 4, "train.lr": 0.01})
+    torch.manual_seed(0)
+    model = build_model(model_spec(cfg))
+    opt = make_optimizer(cfg, model)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert {"layers.0.weight", "logit_log_scale", "mask"} <= set(before)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)                # Adam's own step is 0: only the decay acts
+    opt.step()
+    for k, p in model.named_parameters():
+        if k.startswith("layers."):
+            assert torch.allclose(p, before[k] * (1 - 0.01 * 0.1)), k
+        else:
+            assert torch.equal(p, before[k]), k
