@@ -24,7 +24,7 @@ from pipeline.graph import Plan
 from pipeline.models import build_model
 from pipeline.spec import model_spec
 from pipeline.store import Store
-from pipeline.train import epoch_images, evaluate, make_step, train_epoch
+from pipeline.train import epoch_images, evaluate, make_optimizer, make_step, train_epoch
 
 
 ap = argparse.ArgumentParser()
@@ -54,7 +54,7 @@ for preset in args.presets:
     test_y = torch.from_numpy(np.load(data / "test_labels.npy")).long()
     torch.manual_seed(0)
     model = build_model(model_spec(cfg))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["train.lr"], fused=True)
+    opt = make_optimizer(cfg, model)
     copies = 1 + (cfg["train.aug_copies"] if cfg["train.augment"] else 0)
     step = make_step(cfg, model)
     t0 = time.perf_counter()
