@@ -50,9 +50,9 @@ def _channels_last(x: Tensor) -> Tensor:
     """A copy of [B, C, H, W] x laid out channels-last, even for C = 1 (where .contiguous() with
     memory_format=channels_last keeps the NCHW strides, as both layouts are then valid).
 
-    oneDNN's convolutions keep this layout for their outputs, and on a CPU the first convolution,
-    max_pool2d and the backward passes are several times faster in it than in NCHW: a CNN training
-    step takes about half the time. Values are the same in any layout.
+    oneDNN's convolutions keep this layout for their outputs, and on a CPU the first convolution and
+    max_pool2d run several times faster in it than in NCHW (a CNN-64 epoch: 9.5 s instead of 13-15 s).
+    Values are the same in any layout.
     """
     b, c, h, w = x.shape
     return torch.empty_strided(x.shape, (c * h * w, 1, w * c, c), dtype=x.dtype, device=x.device).copy_(x)
