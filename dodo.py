@@ -1,4 +1,4 @@
-"""bitmcu task graph. Usage: doit [cfg=configs/NAME.yaml] [forget=STAGE] <tasks>; `doit list` shows them.
+"""bitmcu task graph. Usage: doit [cfg=configs/NAME.yaml] [redo=STAGE[,STAGE]] <tasks>; `doit list` shows them.
 
 The store lives in artifacts/ (or $BITMCU_ARTIFACTS, e.g. shared storage for a cluster).
 With a sweep file (cfg=configs/sweep_*.yaml, see pipeline/sweep.py) every stage task becomes a group of
@@ -6,17 +6,38 @@ subtasks `<stage>:<run>`, one per run, and `doit sweep` (the default then) build
 the local cores and writes the Pareto table and plot.
 
 Every stage is built into the content-addressed store (pipeline/store.py) under a key derived from its
-code, its declared config keys and its inputs' keys, so it runs only when one of those changed.
+code, its declared config keys and its inputs' keys, so it runs only when one of those changed. The
+stage tasks are made from the stage declarations (pipeline/stages/); `redo=` throws a stage's entry
+away and builds it again, when that stage's task runs.
 """
+import difflib
 import os
 import sys
 from pathlib import Path
 
-from doit import get_var
+from doit import doit_cmd, get_var
 
+from contract.errors import UserError
 from pipeline import config, sweep
 from pipeline.graph import STAGES, Plan
 from pipeline.store import Store
+
+# command-line variables: name -> what it is for (an unknown one is an error, never ignored)
+VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild", "port": "monitor: serial port",
+             "src": "import: checkpoint", "name": "import: config name", "quant": "import: QuantType",
+             "widths": "import: FC widths", "cnn_width": "import: CNN channels", "dir": "import: config folder"}
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+for _var in (doit_cmd._CMDLINE_VARS or {}):   # doit keeps the `name=value` arguments there
+    if _var not in VARIABLES:
+        _close = difflib.get_close_matches(_var, VARIABLES, n=1, cutoff=0.0)[0]
+        _fail(f"{_var}={get_var(_var)}: unknown variable (did you mean {_close}=?); allowed: "
+              + ", ".join(f"{k} ({v})" for k, v in VARIABLES.items()))
 
 ARTIFACTS = Path(os.environ.get("BITMCU_ARTIFACTS", "artifacts"))
 ARTIFACTS.mkdir(parents=True, exist_ok=True)  # doit opens its db there before any task runs
@@ -30,9 +51,15 @@ try:
         PLANS = [Plan.make(c, Store(ARTIFACTS)) for c in SWEEP.runs]
     else:
         PLANS = [Plan.make(config.load(CFG), Store(ARTIFACTS))]
-except config.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+except UserError as e:
+    _fail(str(e))
+
+REDO = set(filter(None, get_var("redo", "").split(",")))
+_bad = sorted(REDO - set(PLANS[0].keys))
+if _bad:       # every name is checked before anything is removed
+    _fail(f"redo={','.join(_bad)}: no such stage (allowed: {', '.join(PLANS[0].keys)})")
+for _plan in PLANS:
+    _plan.redo = REDO
 
 DOIT_CONFIG = {
     "default_tasks": ["sweep" if SWEEP else STAGES[-1].name],
@@ -43,53 +70,21 @@ DOIT_CONFIG = {
 if SWEEP:
     DOIT_CONFIG["num_process"] = min(len(PLANS), os.cpu_count() or 1)
 
-for _name in filter(None, get_var("forget", "").split(",")):
-    if _name not in PLANS[0].keys:
-        print(f"error: forget={_name}: no such stage (allowed: {', '.join(PLANS[0].keys)})", file=sys.stderr)
-        sys.exit(2)
-    for _plan in PLANS:
-        _plan.store.remove(_name, _plan.keys[_name])
+
+def _stage_task(name):
+    """doit task creator of one stage: one task, or with a sweep file one subtask per run."""
+    def create():
+        if SWEEP is None:
+            yield PLANS[0].task(name)
+        else:
+            for plan in PLANS:
+                yield plan.task(name, sub=True)
+    create.__doc__ = next(s.doc for s in STAGES if s.name == name)
+    return create
 
 
-def _tasks(name):
-    """One task for the stage, or with a sweep file one subtask per run."""
-    if SWEEP is None:
-        yield PLANS[0].task(name)
-    else:
-        for plan in PLANS:
-            yield plan.task(name, sub=True)
-
-
-def task_data():
-    yield from _tasks("data")
-
-
-def task_train():
-    yield from _tasks("train")
-
-
-def task_export():
-    yield from _tasks("export")
-
-
-def task_library():
-    yield from _tasks("library")
-
-
-def task_verify():
-    yield from _tasks("verify")
-
-
-def task_firmware():
-    yield from _tasks("firmware")
-
-
-def task_emulate():
-    yield from _tasks("emulate")
-
-
-def task_report():
-    yield from _tasks("report")
+for _stage in STAGES:
+    globals()[f"task_{_stage.name}"] = _stage_task(_stage.name)
 
 
 def _board_action(fn):
@@ -98,9 +93,9 @@ def _board_action(fn):
         from doit.exceptions import TaskFailed
         try:
             if SWEEP is not None:
-                raise config.UserError(f"cfg={CFG} is a sweep; flash and monitor take one config")
+                raise UserError(f"cfg={CFG} is a sweep; flash and monitor take one config")
             fn(PLANS[0])
-        except config.UserError as e:
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))
     return action
@@ -118,7 +113,8 @@ def task_flash():
     """Write the firmware to the board through a WCH-LinkE (rvprog, minichlink or wlink); never up to date."""
     def flash(plan):
         from mcu.flash import flash as write
-        print(write(plan.store.path("firmware", plan.keys["firmware"]) / "firmware.bin"), end="", flush=True)
+        from pipeline.stages.firmware import binary
+        print(write(binary(plan.store.path("firmware", plan.keys["firmware"]))), end="", flush=True)
     return {"actions": [_board_action(flash)], "task_dep": ["_flash_setup", "firmware"], "uptodate": [False],
             "verbosity": 2}
 
@@ -126,7 +122,8 @@ def task_flash():
 def task_monitor():
     """Print the board's USART1 lines (USB-serial adapter; port=/dev/ttyX or mcu.port, else the first found)."""
     def monitor(plan):
-        from mcu.monitor import find_port, monitor as show
+        from mcu.monitor import find_port
+        from mcu.monitor import monitor as show
         show(find_port(get_var("port", None) or plan.cfg["mcu.port"]))
     return {"actions": [_board_action(monitor)], "uptodate": [False], "verbosity": 2}
 
@@ -140,7 +137,7 @@ def task_import():
         args = {v: get_var(v, None) for v in ("src", "name", "quant", "widths", "cnn_width")}
         try:
             import_command(**args, folder=get_var("dir", None))
-        except config.UserError as e:
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))
         return None

@@ -20,7 +20,6 @@ hardware figures for comparison are printed beside them.
 """
 import argparse
 import itertools
-import json
 import subprocess
 import sys
 import tempfile
@@ -28,10 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.model import PackedModel
 from mcu.analysis import FirmwareError
 from mcu.build import Firmware, build
 from mcu.emulator import Emulator
 from pipeline import config
+from pipeline.stage import summary
+from pipeline.stages import export
+from pipeline.stages.data import test_set
 
 BITNETMCU = {  # ../shared/reference: measured on boards at 48 MHz
     "default": "BitNetMCU 64/64/64 4bitsym on CH32V003: 653,965 cycles (kernel in SRAM), 903,209 (flash); "
@@ -50,17 +53,17 @@ ap.add_argument("--cnn-images", type=int, default=8)
 args = ap.parse_args()
 
 
-def conv_macs(model: dict) -> int:
+def conv_macs(model: PackedModel) -> int:
     """Multiply-accumulates of one pass over the conv layers, as the C engine computes them."""
     macs = 0
-    for lay in model["layers"]:
-        if lay["kind"] == "fc":
+    for lay in model.layers:
+        if lay.kind == "fc":
             continue
-        _, h, w = lay["in_shape"]
+        _, h, w = lay.in_shape
         h, w = h - 2, w - 2
-        if lay["pool"]:
+        if lay.pool:
             h, w = h - h % 2, w - w % 2
-        macs += lay["n_out"] * h * w * lay["n_in"]
+        macs += lay.n_out * h * w * lay.n_in
     return macs
 
 
@@ -85,13 +88,11 @@ for preset in args.presets:
                       capture_output=True, text=True).returncode != 0:
         print(f"{preset}: could not build its export stage (`./run doit cfg=configs/{preset}.yaml export`)")
         continue
-    header = (run / "export" / "model.h").read_text()
-    model = json.loads((run / "export" / "model.json").read_text())
-    weights = json.loads((run / "export" / "summary.json").read_text())["weights"]
-    cnn = model["kind"] == "cnn"
+    header, model = export.header(run / "export"), export.model(run / "export")
+    weights = summary(run / "export")["weights"]
+    cnn = model.kind == "cnn"
     n_img = args.cnn_images if cnn else args.images
-    images = np.load(run / "data" / "test_images.npy")[:n_img]
-    labels = np.load(run / "data" / "test_labels.npy")[:n_img]
+    images, labels = (a[:n_img] for a in test_set(run / "data"))
     print(f"\n== {preset}: {weights:,} weights, formats {', '.join(cfg['quant.formats'])}, "
           f"mean of the first {len(images)} test images")
     print(f"   {BITNETMCU.get(preset, '')}")

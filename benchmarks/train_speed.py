@@ -11,21 +11,18 @@ BitNetMCU's own training.py for the same network, epochs and samples per epoch
 import argparse
 import statistics
 import time
-
 from pathlib import Path
 
-import numpy as np
 import torch
-
 from bitnetmcu_train import PARAMS, check_checkout, seconds_per_epoch
 
+from contract.spec import model_spec
 from pipeline import config
 from pipeline.graph import Plan
 from pipeline.models import build_model
-from pipeline.spec import model_spec
+from pipeline.stages.data import test_set, train_set
 from pipeline.store import Store
 from pipeline.train import epoch_images, evaluate, make_optimizer, make_step, train_epoch
-
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--epochs", type=int, default=2)
@@ -47,11 +44,11 @@ for preset in args.presets:
     cfg = config.load(f"configs/{preset}.yaml")
     plan = Plan.make(cfg, Store("artifacts"))
     data = Store("artifacts").verify("data", plan.keys["data"], "./run doit cfg=configs/%s.yaml data" % preset)
-    clean = torch.from_numpy(np.load(data / "train_images.npy")).unsqueeze(1)
-    raw = torch.from_numpy(np.load(data / "train_raw.npy"))
-    labels = torch.from_numpy(np.load(data / "train_labels.npy")).long()
-    test_x = torch.from_numpy(np.load(data / "test_images.npy")).unsqueeze(1)
-    test_y = torch.from_numpy(np.load(data / "test_labels.npy")).long()
+    train_images, train_raw, train_labels = train_set(data)
+    test_images, test_labels = test_set(data)
+    clean, raw, labels = torch.from_numpy(train_images).unsqueeze(1), torch.from_numpy(train_raw), \
+        torch.from_numpy(train_labels)
+    test_x, test_y = torch.from_numpy(test_images).unsqueeze(1), torch.from_numpy(test_labels)
     torch.manual_seed(0)
     model = build_model(model_spec(cfg))
     opt = make_optimizer(cfg, model)

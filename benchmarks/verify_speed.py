@@ -7,10 +7,9 @@ call each, so JIT compilation and library loading are not counted). Goal: numba 
 import sys
 import time
 
-import numpy as np
-
 from pipeline import config
 from pipeline.graph import Plan
+from pipeline.stages.data import test_set
 from pipeline.store import Store
 from pipeline.verify import engines
 
@@ -24,7 +23,7 @@ for path in cfgs:
         print(f"{path}: skipped, not built yet ({', '.join(missing)}); run ./run doit cfg={path} library")
         continue
     entry = {s: store.verify(s, plan.keys[s]) for s in ("data", "train", "export", "library")}
-    pixels = np.load(entry["data"] / "test_images.npy")
+    pixels = test_set(entry["data"])[0]
     line = []
     for name, fn in engines(entry["train"], entry["export"], entry["library"]).items():
         fn(pixels[:16])

@@ -1,4 +1,4 @@
-"""Render a packed model (refimpl.model.from_export) as a self-contained C header for engine/bitmcu.c.
+"""Render a packed model (contract.model.PackedModel) as a self-contained C header for engine/bitmcu.c.
 
 The header holds the packed weight words, the per-output shifts, the bm_layer table, the working
 buffers and the bm_model instance, plus a #define for every size the firmware or the cffi glue needs.
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from refimpl.kernels import FORMAT_IDS
-from refimpl.model import check_model
+from contract.formats import FORMAT_IDS
+from contract.model import PackedLayer, PackedModel
 
 OPS = {"fc": "BM_OP_FC", "conv": "BM_OP_CONV", "dwconv": "BM_OP_DWCONV"}
 LAYER_BYTES = 32      # sizeof(bm_layer) on a 32-bit target (ilp32 / ilp32e)
@@ -29,7 +29,7 @@ def _fail(msg: str) -> None:
     raise ValueError(f"engine.header: {msg}")
 
 
-def layout(model: dict[str, Any]) -> dict[str, Any]:
+def layout(model: PackedModel) -> dict[str, Any]:
     """Sizes of a packed model, as the header #defines them.
 
     The conv layers of a CNN stream one channel at a time (CONTRACT §6, "Streaming"), so their
@@ -45,23 +45,23 @@ def layout(model: dict[str, Any]) -> dict[str, Any]:
     flash: weight words, shift bytes (per_tensor layers store none), and the layer table + model struct
     on a 32-bit target.
     """
-    n = int(model["image_size"])
-    hidden = [lay for lay in model["layers"] if lay["requant"]]
-    convs = [lay for lay in model["layers"] if lay["kind"] != "fc"]
-    fcs = [lay for lay in hidden if lay["kind"] == "fc"]
-    out_len = [int(np.prod(lay["out_shape"])) for lay in hidden]
-    acc = [int(lay["n_out"]) for lay in fcs]
+    n = int(model.image_size)
+    hidden = [lay for lay in model.layers if lay.requant]
+    convs = [lay for lay in model.layers if lay.kind != "fc"]
+    fcs = [lay for lay in hidden if lay.kind == "fc"]
+    out_len = [int(np.prod(lay.out_shape)) for lay in hidden]
+    acc = [int(lay.n_out) for lay in fcs]
     if convs:
-        h, w = int(convs[-1]["in_shape"][1]) - 2, int(convs[-1]["in_shape"][2]) - 2
-        acc.append((h - h % 2) * (w - w % 2) if convs[-1]["pool"] else h * w)
-    feats = [int(np.prod(convs[-1]["out_shape"]))] if convs else []
+        h, w = int(convs[-1].in_shape[1]) - 2, int(convs[-1].in_shape[2]) - 2
+        acc.append((h - h % 2) * (w - w % 2) if convs[-1].pool else h * w)
+    feats = [int(np.prod(convs[-1].out_shape))] if convs else []
     chan_bytes = n * n if len(convs) > 1 else 0
-    feat_bytes = feats[0] + int(convs[-1]["n_out"]) + 4 * len(convs) if convs else 0
-    shift_bytes = sum(int(lay["n_out"]) for lay in model["layers"] if np.asarray(lay["out_shifts"]).any())
-    weight_bytes = sum(4 * int(np.asarray(lay["words"]).size) for lay in model["layers"])
-    table_bytes = LAYER_BYTES * len(model["layers"]) + MODEL_BYTES
+    feat_bytes = feats[0] + int(convs[-1].n_out) + 4 * len(convs) if convs else 0
+    shift_bytes = sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any())
+    weight_bytes = sum(4 * int(np.asarray(lay.words).size) for lay in model.layers)
+    table_bytes = LAYER_BYTES * len(model.layers) + MODEL_BYTES
     acc_words = max([1, *acc])
-    act_bytes = max([n * n, *feats, *(int(lay["n_out"]) for lay in fcs)])
+    act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
     return dict(acc_words=acc_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,
                 trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),
                 ram_bytes=4 * acc_words + act_bytes + chan_bytes + feat_bytes, weight_bytes=weight_bytes,
@@ -69,9 +69,9 @@ def layout(model: dict[str, Any]) -> dict[str, Any]:
                 flash_bytes=weight_bytes + shift_bytes + table_bytes)
 
 
-def _mask(layers: list[dict[str, Any]], kinds: tuple[str, ...]) -> str:
+def _mask(layers: list[PackedLayer], kinds: tuple[str, ...]) -> str:
     """The BM_FMT_BIT mask of the formats of the layers of these kinds, as a C expression (0u when none)."""
-    fmts = sorted({lay["format"] for lay in layers if lay["kind"] in kinds}, key=FORMAT_IDS.get)
+    fmts = sorted({lay.format for lay in layers if lay.kind in kinds}, key=FORMAT_IDS.get)
     return "(" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in fmts) + ")" if fmts else "0u"
 
 
@@ -90,50 +90,50 @@ def _shift_block(k: np.ndarray) -> str:
     return ",\n".join("    " + ", ".join(vals[i:i + 16]) for i in range(0, len(vals), 16))
 
 
-def _dims(lay: dict[str, Any]) -> dict[str, int]:
-    if lay["kind"] == "fc":
-        return dict(in_c=int(lay["n_in"]), in_h=1, in_w=1, out_h=1, out_w=1)
-    c, h, w = (int(v) for v in lay["in_shape"])
-    return dict(in_c=c, in_h=h, in_w=w, out_h=int(lay["out_shape"][1]), out_w=int(lay["out_shape"][2]))
+def _dims(lay: PackedLayer) -> dict[str, int]:
+    if lay.kind == "fc":
+        return dict(in_c=int(lay.n_in), in_h=1, in_w=1, out_h=1, out_w=1)
+    c, h, w = (int(v) for v in lay.in_shape)
+    return dict(in_c=c, in_h=h, in_w=w, out_h=int(lay.out_shape[1]), out_w=int(lay.out_shape[2]))
 
 
-def _check_ranges(model: dict[str, Any]) -> None:
-    n = int(model["image_size"])
-    if len(model["layers"]) > 255 or int(model["num_classes"]) > 255 or n * n > _U16:
+def _check_ranges(model: PackedModel) -> None:
+    n = int(model.image_size)
+    if len(model.layers) > 255 or int(model.num_classes) > 255 or n * n > _U16:
         _fail(f"the model must have <= 255 layers, <= 255 classes and <= {_U16} pixels; got "
-              f"{len(model['layers'])}, {model['num_classes']}, {n * n}")
-    for lay in model["layers"]:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(lay["name"])):
-            _fail(f"layer name {lay['name']!r} must be a C identifier")
-        fields = dict(n_in=int(lay["n_in"]), n_out=int(lay["n_out"]), groups=int(lay["groups"]),
-                      row_words=int(lay["row_words"]), **_dims(lay))
+              f"{len(model.layers)}, {model.num_classes}, {n * n}")
+    for lay in model.layers:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(lay.name)):
+            _fail(f"layer name {lay.name!r} must be a C identifier")
+        fields = dict(n_in=int(lay.n_in), n_out=int(lay.n_out), groups=int(lay.groups),
+                      row_words=int(lay.row_words), **_dims(lay))
         big = {k: v for k, v in fields.items() if v > _U16}
         if big:
-            _fail(f"layer {lay['name']}: {big} exceed the uint16 fields of bm_layer (max {_U16})")
+            _fail(f"layer {lay.name}: {big} exceed the uint16 fields of bm_layer (max {_U16})")
 
 
-def render_header(model: dict[str, Any]) -> str:
-    """C header text for a packed model dict (refimpl.model.from_export(export_model()))."""
-    check_model(model)
+def render_header(model: PackedModel) -> str:
+    """C header text for a packed model (contract.model.from_export(export_model()))."""
+    model.check()
     _check_ranges(model)
-    layers = model["layers"]
+    layers = model.layers
     sizes = layout(model)
-    n = int(model["image_size"])
-    formats = sorted({lay["format"] for lay in layers}, key=FORMAT_IDS.get)
+    n = int(model.image_size)
+    formats = sorted({lay.format for lay in layers}, key=FORMAT_IDS.get)
     out = [
         "/* Generated by engine/header.py from a packed bitmcu model; do not edit.",
-        f"   {model['kind']} model: {n}x{n} input, input_zero {int(model['input_zero'])}, "
-        f"{int(model['num_classes'])} classes, {len(layers)} weight layers.",
+        f"   {model.kind} model: {n}x{n} input, input_zero {int(model.input_zero)}, "
+        f"{int(model.num_classes)} classes, {len(layers)} weight layers.",
         "   Include this header in exactly one translation unit and compile it with engine/bitmcu.c,",
         "   both with the same BM_CFG_* options. Sizes are bytes on a 32-bit target.",
         "",
         "   layer    kind    format          n_in  n_out groups  in_shape      out_shape     words",
     ]
     for lay in layers:
-        out.append(f"   {lay['name']:<8} {lay['kind']:<7} {lay['format']:<14} {int(lay['n_in']):>6} "
-                   f"{int(lay['n_out']):>6} {int(lay['groups']):>6}  "
-                   f"{'x'.join(str(int(v)) for v in lay['in_shape']):<13} "
-                   f"{'x'.join(str(int(v)) for v in lay['out_shape']):<13} {np.asarray(lay['words']).size}")
+        out.append(f"   {lay.name:<8} {lay.kind:<7} {lay.format:<14} {int(lay.n_in):>6} "
+                   f"{int(lay.n_out):>6} {int(lay.groups):>6}  "
+                   f"{'x'.join(str(int(v)) for v in lay.in_shape):<13} "
+                   f"{'x'.join(str(int(v)) for v in lay.out_shape):<13} {np.asarray(lay.words).size}")
     out += [
         "*/",
         "#ifndef BITMCU_MODEL_H",
@@ -144,31 +144,31 @@ def render_header(model: dict[str, Any]) -> str:
         "#define BM_MODEL_FORMATS (" + " | ".join(f"BM_FMT_BIT({_fmt_macro(f)})" for f in formats) + ")",
         "#define BM_MODEL_FC_FORMATS " + _mask(layers, ("fc",)),
         "#define BM_MODEL_CONV_FORMATS " + _mask(layers, ("conv", "dwconv")),
-        _define("BM_MODEL_CNN", int(any(lay["kind"] != "fc" for lay in layers)),
+        _define("BM_MODEL_CNN", int(any(lay.kind != "fc" for lay in layers)),
                 "1: conv layers, bm_run needs BM_CFG_CNN 1"),
         "#if BM_MODEL_CNN && !BM_CFG_CNN",
         '#error "bitmcu model: this CNN needs the streaming driver; build bitmcu.c with BM_CFG_CNN 1"',
         "#endif",
     ]
     for f in formats:
-        users = ", ".join(lay["name"] for lay in layers if lay["format"] == f)
+        users = ", ".join(lay.name for lay in layers if lay.format == f)
         out += [f"#if !((BM_CFG_FORMATS) & BM_FMT_BIT({_fmt_macro(f)}))",
                 f'#error "bitmcu model: format {f} (layers {users}) is not compiled in; '
                 f'add BM_FMT_BIT({_fmt_macro(f)}) to BM_CFG_FORMATS"',
                 "#endif"]
         for kinds, cfg in ((("fc",), "BM_CFG_FC_FORMATS"), (("conv", "dwconv"), "BM_CFG_CONV_FORMATS")):
-            users = ", ".join(lay["name"] for lay in layers if lay["format"] == f and lay["kind"] in kinds)
+            users = ", ".join(lay.name for lay in layers if lay.format == f and lay.kind in kinds)
             if users:
                 out += [f"#if !(({cfg}) & BM_FMT_BIT({_fmt_macro(f)}))",
                         f'#error "bitmcu model: format {f} (layers {users}) is left out of {cfg}"',
                         "#endif"]
-    names = ", ".join(f'"{lay["name"]}"' for lay in layers)
+    names = ", ".join(f'"{lay.name}"' for lay in layers)
     out += [
         "",
         _define("BM_IMAGE_SIZE", n),
         _define("BM_IMAGE_PIXELS", n * n),
-        _define("BM_INPUT_ZERO", int(model["input_zero"])),
-        _define("BM_NUM_CLASSES", int(model["num_classes"])),
+        _define("BM_INPUT_ZERO", int(model.input_zero)),
+        _define("BM_NUM_CLASSES", int(model.num_classes)),
         _define("BM_N_LAYERS", len(layers)),
         _define("BM_LAYER_NAMES", f"{{{names}}}"),
         _define("BM_N_SHIFTS", sizes["n_shifts"], "requantized layers"),
@@ -185,20 +185,20 @@ def render_header(model: dict[str, Any]) -> str:
         _define("BM_FLASH_BYTES", sizes["flash_bytes"], "weights + shifts + table"),
     ]
     for lay in layers:
-        words = np.asarray(lay["words"])
-        out += ["", f"static const uint32_t bm_w_{lay['name']}[{words.size}] = {{", _words_block(words), "};"]
-        k = np.asarray(lay["out_shifts"])
+        words = np.asarray(lay.words)
+        out += ["", f"static const uint32_t bm_w_{lay.name}[{words.size}] = {{", _words_block(words), "};"]
+        k = np.asarray(lay.out_shifts)
         if k.any():
-            out += [f"static const uint8_t bm_k_{lay['name']}[{k.size}] = {{", _shift_block(k), "};"]
+            out += [f"static const uint8_t bm_k_{lay.name}[{k.size}] = {{", _shift_block(k), "};"]
     out += ["", "/* words, out_shifts, n_in, n_out, groups, in_c, in_h, in_w, out_h, out_w, row_words, op, format,",
             "   pool */",
             f"static const bm_layer bm_layers[{len(layers)}] = {{"]
     for lay in layers:
         d = _dims(lay)
-        k = f"bm_k_{lay['name']}" if np.asarray(lay["out_shifts"]).any() else "NULL"
-        out += [f"    {{bm_w_{lay['name']}, {k}, {int(lay['n_in'])}, {int(lay['n_out'])}, {int(lay['groups'])}, "
-                f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay['row_words'])}, "
-                f"{OPS[lay['kind']]}, {_fmt_macro(lay['format'])}, {1 if lay['pool'] else 0}}},"]
+        k = f"bm_k_{lay.name}" if np.asarray(lay.out_shifts).any() else "NULL"
+        out += [f"    {{bm_w_{lay.name}, {k}, {int(lay.n_in)}, {int(lay.n_out)}, {int(lay.groups)}, "
+                f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay.row_words)}, "
+                f"{OPS[lay.kind]}, {_fmt_macro(lay.format)}, {1 if lay.pool else 0}}},"]
     out += [
         "};",
         "",

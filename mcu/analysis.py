@@ -21,10 +21,9 @@ from typing import Any, Sequence
 from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 
-from pipeline.config import UserError
+from contract.chips import SRAM_BASE as RAM_ORIGIN
+from contract.errors import UserError
 
-FLASH_BYTES = 16384
-RAM_ORIGIN = 0x20000000
 ASM_FUNCS = frozenset({"_start", "reset", "copy_words"})        # start.S: no stack
 UNMEASURED_FRAME = 64
 MUL_DIV = frozenset({"mul", "mulh", "mulhsu", "mulhu", "div", "divu", "rem", "remu", "c.mul"})
@@ -192,6 +191,7 @@ class SizeReport:
     flash_used: int
     ram_static: int                 # .ramfunc + .data + .bss, with alignment
     stack: int
+    flash_limit: int
     ram_limit: int
     sections: list[dict[str, Any]]  # name, flash bytes, ram bytes
     largest: dict[str, list[tuple[str, int]]]
@@ -201,7 +201,7 @@ class SizeReport:
         return self.ram_static + self.stack
 
     @classmethod
-    def of(cls, elf_path: Path, ram_limit: int, stack: int) -> "SizeReport":
+    def of(cls, elf_path: Path, flash_limit: int, ram_limit: int, stack: int) -> "SizeReport":
         with open(elf_path, "rb") as f:
             elf = ELFFile(f)
             loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
@@ -224,11 +224,11 @@ class SizeReport:
                     largest["ram" if sym["st_value"] >= RAM_ORIGIN else "flash"].append((sym.name, sym["st_size"]))
         for k in largest:
             largest[k] = sorted(largest[k], key=lambda x: -x[1])[:5]
-        return cls(flash_end, ram_end - RAM_ORIGIN, stack, ram_limit, rows, largest)
+        return cls(flash_end, ram_end - RAM_ORIGIN, stack, flash_limit, ram_limit, rows, largest)
 
     def table(self) -> str:
         lines = [f"{'region':<8} {'used':>6} {'limit':>6} {'free':>6}"]
-        for region, used, limit in (("flash", self.flash_used, FLASH_BYTES), ("ram", self.ram_used, self.ram_limit)):
+        for region, used, limit in (("flash", self.flash_used, self.flash_limit), ("ram", self.ram_used, self.ram_limit)):
             lines.append(f"{region:<8} {used:>6} {limit:>6} {limit - used:>6}" + ("  OVER" if used > limit else ""))
         lines += ["", f"{'section':<12} {'flash':>6} {'ram':>6}"]
         lines += [f"{r['section']:<12} {r['flash']:>6} {r['ram']:>6}" for r in self.sections]
@@ -238,7 +238,7 @@ class SizeReport:
         return "\n".join(lines)
 
     def check(self, what: str, hints: Sequence[str]) -> None:
-        over = [r for r, used, lim in (("flash", self.flash_used, FLASH_BYTES), ("RAM", self.ram_used,
+        over = [r for r, used, lim in (("flash", self.flash_used, self.flash_limit), ("RAM", self.ram_used,
                                                                                    self.ram_limit)) if used > lim]
         if over:
             raise FirmwareError(f"{what}: the firmware does not fit ({' and '.join(over)}):\n{self.table()}\n"

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FLASH_END = 0x4000                      # flash at 0 (16 KiB) ...
-FLASH_ALIAS = (0x08000000, 0x08004000)  # ... and its alias at 0x08000000
-SRAM_BASE = 0x20000000
+from contract.chips import CHIPS
+from contract.chips import FLASH_ALIAS as _ALIAS
+
+FLASH_END = max(c.flash for c in CHIPS.values())   # flash at 0 ...
+FLASH_ALIAS = (_ALIAS, _ALIAS + FLASH_END)          # ... and its alias
 
 ALU, LOAD, STORE, BRANCH, JUMP, MUL, DIV, SYSTEM = range(8)
 

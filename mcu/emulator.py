@@ -22,13 +22,22 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
-from unicorn import (UC_ARCH_RISCV, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_MEM_INVALID, UC_HOOK_MEM_READ,
-                     UC_HOOK_MEM_WRITE, UC_MODE_RISCV32, Uc, UcError)
+from unicorn import (
+    UC_ARCH_RISCV,
+    UC_HOOK_BLOCK,
+    UC_HOOK_CODE,
+    UC_HOOK_MEM_INVALID,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    UC_MODE_RISCV32,
+    Uc,
+    UcError,
+)
 from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_PC
 
+from contract.chips import CHIPS, SRAM_BASE
 from mcu import cycles as cm
 
-RAM = {"ch32v003": 2048, "ch32v002": 4096}
 FLASH_SIZE = cm.FLASH_END
 PERIPH = (0x40010000, 0x13000)          # GPIOA .. FLASH interface
 CORE_PERIPH = (0xE000E000, 0x2000)      # PFIC, SysTick
@@ -45,9 +54,9 @@ class EmulatorError(RuntimeError):
 
 class Emulator:
     def __init__(self, elf: str | Path, target: str, profile: bool = False):
-        if target not in RAM:
-            raise ValueError(f"target {target!r}: allowed {', '.join(RAM)}")
-        self.target, self.core, self.ram = target, cm.CORES[target], RAM[target]
+        if target not in CHIPS:
+            raise ValueError(f"target {target!r}: allowed {', '.join(CHIPS)}")
+        self.target, self.core, self.ram = target, cm.CORES[target], CHIPS[target].ram
         self.tx = bytearray()
         self.rx: deque[int] = deque()
         self.marks: list[tuple[int, float]] = []
@@ -89,7 +98,7 @@ class Emulator:
         for base in (0, cm.FLASH_ALIAS[0]):
             uc.mem_map(base, FLASH_SIZE)
             uc.mem_write(base, bytes(image))
-        uc.mem_map(cm.SRAM_BASE, max(self.ram, 0x1000))
+        uc.mem_map(SRAM_BASE, max(self.ram, 0x1000))
         for base, size in (PERIPH, CORE_PERIPH):  # user data: the region's base address
             uc.mmio_map(base, size, self._read, base, self._write, base)
         uc.hook_add(UC_HOOK_BLOCK, self._on_block)
@@ -98,7 +107,7 @@ class Emulator:
             uc.hook_add(UC_HOOK_MEM_WRITE, self._on_flash_write, begin=lo, end=hi)
         if self.ram < 0x1000:  # the 4 KiB page holds more than the chip has
             uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, self._on_beyond_ram,
-                        begin=cm.SRAM_BASE + self.ram, end=cm.SRAM_BASE + 0xFFF)
+                        begin=SRAM_BASE + self.ram, end=SRAM_BASE + 0xFFF)
         uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_CODE, self._on_halt, begin=syms["fw_halt"], end=syms["fw_halt"])
         if "fw_getc" in syms:  # demo firmware reads nothing: the linker dropped it

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.config import UserError
+from contract.errors import UserError
 
 WCH_VENDOR = 0x1A86
 LINKE_RISCV, LINKE_ARM = 0x8010, 0x8012

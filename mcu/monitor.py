@@ -5,7 +5,7 @@ import glob
 import sys
 from typing import Callable, TextIO
 
-from pipeline.config import UserError
+from contract.errors import UserError
 
 BAUD = 115200
 PORT_PATTERNS = ("/dev/ttyUSB*", "/dev/ttyACM*")
@@ -29,7 +29,7 @@ def find_port(configured: str | None, patterns: tuple[str, ...] = PORT_PATTERNS)
 
 
 def open_port(port: str, timeout: float = 0.2):
-    import serial                                # pyserial; only needed when a board is attached
+    import serial  # pyserial; only needed when a board is attached
 
     try:
         return serial.Serial(port, BAUD, timeout=timeout)

@@ -18,9 +18,11 @@ from typing import Union
 
 import numpy as np
 
+from contract.chips import CHIPS
+
 MAGIC = b"\xb5\x4d"
 HEADER = 5                     # magic, type, length
-TARGET_IDS = {0: "ch32v003", 1: "ch32v002"}
+TARGET_IDS = {c.id: c.name for c in CHIPS.values()}
 
 
 class Type(IntEnum):

@@ -27,10 +27,11 @@ import torch
 import yaml
 from torch import Tensor
 
-from pipeline.config import UserError
+from contract.errors import UserError
+from contract.formats import FORMATS, NF4_CODES, NF4_LEVELS
+from contract.spec import ModelSpec, model_spec
 from pipeline.config import load as load_config
 from pipeline.models import QModel, build_model
-from pipeline.spec import FORMATS, NF4_CODES, NF4_LEVELS, ModelSpec, model_spec
 from pipeline.store import file_sha256
 
 # BitNetMCU's transforms.Normalize((0.1307,), (0.3081,)): x = 0 at pixel 0.1307 * 255 = 33.3. Our input
@@ -337,19 +338,20 @@ def write_config(src: str | Path, name: str | None = None, quant: str | None = N
 def run(ctx) -> dict:
     """The train stage's artifact (model.pt, test predictions, summary) for `import.src`: this module
     implements the train stage when that key is set (pipeline/graph.py)."""
+    from pipeline.stages import train as stage
+    from pipeline.stages.data import test_set
     from pipeline.train import evaluate
 
     cfg = ctx.cfg
     src = Path(cfg["import.src"])
     spec = model_spec(cfg)
     model = to_qmodel(read_checkpoint(src), spec)
-    data = ctx.input("data")
-    test_x = torch.from_numpy(np.load(data / "test_images.npy")).unsqueeze(1)
-    test_y = torch.from_numpy(np.load(data / "test_labels.npy")).long()
+    images, labels = test_set(ctx.input("data"))
+    test_x, test_y = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
     acc, preds = evaluate(model, test_x, test_y)
-    torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / "model.pt")
-    np.save(ctx.out / "test_predictions.npy", preds.astype(np.uint8))
-    (ctx.out / "metrics.json").write_text("[]\n")   # no training epochs
+    torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / stage.MODEL)
+    np.save(ctx.out / stage.PREDICTIONS, preds.astype(np.uint8))
+    (ctx.out / stage.METRICS).write_text("[]\n")   # no training epochs
     weights = sum(int(np.prod(lay["codes"].shape)) for lay in model.export_layers())
     ctx.log(f"imported {src.name}: {spec.kind} {list(spec.widths)} {list(spec.formats)}, "
             f"test(int) {acc:.4f}")

@@ -14,11 +14,10 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from pipeline.spec import FORMAT_NAMES, model_problems
-
-
-class UserError(Exception):
-    """An error caused by input the user controls; printed as one clean message, never a traceback."""
+from contract.chips import CHIP_NAMES, CHIPS
+from contract.errors import UserError
+from contract.formats import FORMAT_NAMES
+from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALINGS, model_problems
 
 
 class ConfigError(UserError):
@@ -42,30 +41,31 @@ class Key:
 
 
 _KEYS: list[Key] = [
-    Key("data.image_size", "int", 16, "input images are downscaled from 28x28 to NxN", lo=8, hi=28),
+    Key("data.image_size", "int", 16, "input images are downscaled from 28x28 to NxN", lo=IMAGE_SIZES[0],
+        hi=IMAGE_SIZES[1]),
     Key("data.mnist_dir", "path", None,
         "folder holding the four MNIST idx files (raw or .gz); searched first", runtime=True),
     Key("data.allow_download", "bool", False,
         "download MNIST with torchvision when no local copy is found", runtime=True),
     # model
     Key("model.kind", "str", "fc", "fc: fully connected; cnn: sequential depthwise CNN then FC layers",
-        choices=("fc", "cnn")),
+        choices=KINDS),
     Key("model.widths", "ints", [64, 64, 64], "hidden FC widths (fc: 2 to 4 layers; cnn: 1 to 3 after the convs)",
         lo=1, hi=4096, max_len=4),
     Key("model.cnn_channels", "int", 64, "channels C of the CNN's conv stack (cnn only)", lo=1, hi=256),
     Key("model.input_zero", "int", 16, "Z in the input mapping x0 = (pixel >> 1) - Z (engine/CONTRACT.md)",
-        lo=0, hi=127),
+        lo=INPUT_ZEROS[0], hi=INPUT_ZEROS[1]),
     # quantization
     Key("quant.formats", "strs", ["4bitsym"],
         "weight format: one for every layer, or a list with one per weight layer (cnn: 3 convs first)",
         choices=FORMAT_NAMES, max_len=8),
     Key("quant.scaling", "str", "per_tensor", "one clip per layer, or one per output row (power-of-two steps)",
-        choices=("per_tensor", "per_output")),
+        choices=SCALINGS),
     Key("quant.clip", "str", "octav", "clip value: prop (mean|w| / prop_scale) or octav (MSE-optimal)",
-        choices=("prop", "octav")),
+        choices=CLIPS),
     Key("quant.prop_scale", "float", 0.25, "quantscale for clip: prop", lo=0.001, hi=100.0),
     Key("quant.norm", "str", "rms", "normalization whose gradient the activation STE uses",
-        choices=("rms", "lin", "batchnorm")),
+        choices=NORMS),
     Key("quant.norm_eps", "float", 1e-5, "epsilon of that normalization", lo=1e-12, hi=1.0),
     # pruning
     Key("prune.keep", "int", 0, "channels (cnn) or first-layer units (fc) kept after pruning; 0 = off",
@@ -109,8 +109,9 @@ _KEYS: list[Key] = [
         "a BitNetMCU checkpoint (.pth) that the train stage converts instead of training; its content "
         "enters the store key"),
     # deployment
-    Key("mcu.target", "str", "ch32v003", "chip: ch32v003 (no multiplier, 2 KB RAM) or ch32v002 (Zmmul, 4 KB)",
-        choices=("ch32v003", "ch32v002")),
+    Key("mcu.target", "str", CHIP_NAMES[0], "chip: " + ", ".join(
+        f"{c.name} ({c.isa}, {'a' if c.multiplier else 'no'} multiplier, {c.flash // 1024} KB flash, "
+        f"{c.ram // 1024} KB RAM)" for c in CHIPS.values()), choices=CHIP_NAMES),
     Key("mcu.mode", "str", "demo", "firmware: demo (embedded test images, prints results) or serial "
         "(classifies images sent over USART1, mcu/protocol.py)", choices=("demo", "serial")),
     Key("mcu.demo_images", "int", 0, "test images embedded by the demo firmware; 0 = as many as fit in flash",
@@ -119,7 +120,7 @@ _KEYS: list[Key] = [
         "states) or flash", choices=("sram", "flash")),
     Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
         "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none",
-        choices=("PA1", "PA2", *(f"PC{i}" for i in range(8)), "PD0", "PD2", "PD3", "PD4"), min_len=0, max_len=8),
+        choices=tuple(dict.fromkeys(p for c in CHIPS.values() for p in c.pins)), min_len=0, max_len=8),
     Key("mcu.segment_active_low", "bool", False, "true for a common-anode display (a segment lights when its "
         "pin is low)"),
     Key("mcu.port", "path", None, "serial port of the board's USART1 (USB-serial adapter) for `doit monitor` "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.config import UserError
+from contract.errors import UserError
+from pipeline.stages import data as stage
 
 ENV_DIR = "BITMCU_MNIST_DIR"
 
@@ -108,10 +109,11 @@ def run(ctx) -> dict:
     n = ctx.cfg["data.image_size"]
     src, arrays = load_originals(ctx.cfg["data.mnist_dir"], ROOT, ctx.cfg["data.allow_download"])
     ctx.log(f"verified MNIST in {src}; downscaling 70,000 images to {n}x{n}")
-    np.save(ctx.out / "train_raw.npy", arrays["train_images"])  # 28x28, for augmentation before downscaling
-    for split in ("train", "test"):
-        np.save(ctx.out / f"{split}_images.npy", downscale(arrays[f"{split}_images"], n))
-        np.save(ctx.out / f"{split}_labels.npy", arrays[f"{split}_labels"].astype(np.uint8))
+    np.save(ctx.out / stage.TRAIN_RAW, arrays["train_images"])  # 28x28, for augmentation before downscaling
+    np.save(ctx.out / stage.TRAIN_IMAGES, downscale(arrays["train_images"], n))
+    np.save(ctx.out / stage.TRAIN_LABELS, arrays["train_labels"].astype(np.uint8))
+    np.save(ctx.out / stage.TEST_IMAGES, downscale(arrays["test_images"], n))
+    np.save(ctx.out / stage.TEST_LABELS, arrays["test_labels"].astype(np.uint8))
     return {
         "image_size": n,
         "train_images": int(arrays["train_images"].shape[0]),

@@ -8,16 +8,18 @@ the C engine's, and its RESULT frames carry the cycles.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import numpy as np
 
+from contract.errors import UserError
 from engine.build import load_library, run_c
 from mcu import protocol
 from mcu.emulator import Emulator
-from pipeline.config import UserError
+from pipeline.stage import summary
+from pipeline.stages import firmware, library
+from pipeline.stages.data import test_set
 
 SERIAL_IMAGES = 10
 MHZ = 48
@@ -88,12 +90,11 @@ def _serial(emu: Emulator, images: np.ndarray, labels: np.ndarray, lib) -> dict[
 
 
 def run(ctx) -> dict:
-    fw = json.loads((ctx.input("firmware") / "summary.json").read_text())
-    data = ctx.input("data")
-    images, labels = np.load(data / "test_images.npy"), np.load(data / "test_labels.npy")
-    lib = load_library(ctx.input("library") / json.loads((ctx.input("library") / "summary.json").read_text())["library"])
-    weights = int(json.loads((ctx.input("export") / "summary.json").read_text())["weights"])
-    emu = Emulator(ctx.input("firmware") / fw["elf"], fw["target"], profile=True)
+    fw = summary(ctx.input("firmware"))
+    images, labels = test_set(ctx.input("data"))
+    lib = load_library(library.library(ctx.input("library")))
+    weights = int(summary(ctx.input("export"))["weights"])
+    emu = Emulator(firmware.elf(ctx.input("firmware")), fw["target"], profile=True)
     ctx.log(f"running {fw['mode']} firmware for {fw['target']} (kernels in {fw['kernels']}) in the emulator")
     if fw["mode"] == "demo":
         res = _demo(emu, fw, images, labels, lib)

@@ -1,89 +1,54 @@
 """Export stage: trained model -> the integer model every engine runs (engine/CONTRACT.md).
 
-`model.json` is the single source: layer list, formats, shapes, packed weight words, per-output
-shifts and buffer sizes. `model.h` (the C engine's model) is generated from it. Both are
-deterministic: the same trained model gives byte-identical files (no timestamps, no paths).
+`model.json` (contract/model.py) is the single source: layer list, formats, shapes, packed weight
+words, per-output shifts and buffer sizes. `model.h` (the C engine's model) is generated from it.
+Both are deterministic: the same trained model gives byte-identical files (no timestamps, no paths).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from contract import model as packed
+from contract.chips import CHIPS
+from contract.errors import UserError
+from contract.formats import FORMATS
 from engine.header import layout, render_header
-from pipeline.config import UserError
-from pipeline.models import build_model
-from pipeline.spec import FORMATS, ModelSpec
-from refimpl.model import from_export
-
-FORMAT_VERSION = 1
-# The CH32V003 has no multiply instruction; the V002/V006 have Zmmul. RAM is what our code may use.
-TARGETS = {"ch32v003": {"multiplier": False, "ram": 2048, "flash": 16384},
-           "ch32v002": {"multiplier": True, "ram": 4096, "flash": 16384}}
+from pipeline.stages import export as stage
+from pipeline.stages.train import trained_model
 
 
 class ExportError(UserError):
     pass
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
-
-
-def load_trained(train_dir: Path) -> torch.nn.Module:
-    state = torch.load(train_dir / "model.pt", map_location="cpu", weights_only=False)
-    model = build_model(ModelSpec.from_dict(state["spec"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
-def packed_model(train_dir: Path, target: str) -> dict[str, Any]:
-    """The refimpl/C model dict (numpy arrays) of a trained model, checked against the target."""
-    export = load_trained(train_dir).export_model()
-    if not TARGETS[target]["multiplier"]:
-        bad = [f"{lay['name']} ({lay['format']})" for lay in export["layers"]
-               if not FORMATS[lay["format"]].multiplier_free]
+def packed_model(train_dir, target: str) -> packed.PackedModel:
+    """The packed model of a trained model, checked against the target chip."""
+    model = packed.from_export(trained_model(train_dir).export_model())
+    if not CHIPS[target].multiplier:
+        bad = [f"{lay.name} ({lay.format})" for lay in model.layers if not FORMATS[lay.format].multiplier_free]
         if bad:
             free = ", ".join(n for n, f in FORMATS.items() if f.multiplier_free)
+            with_mul = ", ".join(c.name for c in CHIPS.values() if c.multiplier)
             raise ExportError(f"mcu.target: {target} has no multiply instruction, but layers "
-                              f"{', '.join(bad)} need one (allowed formats: {free}; or mcu.target: ch32v002)")
-    return from_export(export)
-
-
-def load_packed(export_dir: Path) -> dict[str, Any]:
-    """model.json back into the numpy form refimpl and the header generator take."""
-    model = json.loads((export_dir / "model.json").read_text())
-    for lay in model["layers"]:
-        lay["words"] = np.asarray(lay["words"], dtype=np.uint32)
-        lay["out_shifts"] = np.asarray(lay["out_shifts"], dtype=np.int64)
-        lay["in_shape"], lay["out_shape"] = tuple(lay["in_shape"]), tuple(lay["out_shape"])
+                              f"{', '.join(bad)} need one (allowed formats: {free}; or mcu.target: {with_mul})")
+    model.target = target
+    model.sizes = layout(model)
     return model
 
 
-def layer_table(model: dict[str, Any], target: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def layer_table(model: packed.PackedModel) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = []
-    for lay in model["layers"]:
-        n_w = int(lay["n_out"]) * int(lay["n_in"])
-        shifts = int(lay["n_out"]) if np.asarray(lay["out_shifts"]).any() else 0
-        rows.append(dict(layer=lay["name"], kind=lay["kind"], format=lay["format"], weights=n_w,
-                         bits_per_weight=FORMATS[lay["format"]].bits,
-                         flash_bytes=4 * int(np.asarray(lay["words"]).size) + shifts,
-                         activation_bytes=int(np.prod(lay["out_shape"]))))
-    sizes = layout(model)
-    totals = dict(weights=sum(r["weights"] for r in rows), flash_bytes=sizes["flash_bytes"],
-                  peak_ram_bytes=sizes["ram_bytes"], target=target,
-                  target_flash_bytes=TARGETS[target]["flash"], target_ram_bytes=TARGETS[target]["ram"])
+    for lay in model.layers:
+        shifts = lay.n_out if lay.out_shifts.any() else 0
+        rows.append(dict(layer=lay.name, kind=lay.kind, format=lay.format, weights=lay.n_out * lay.n_in,
+                         bits_per_weight=FORMATS[lay.format].bits, flash_bytes=4 * lay.words.size + shifts,
+                         activation_bytes=int(np.prod(lay.out_shape))))
+    chip = CHIPS[model.target]
+    totals = dict(weights=sum(r["weights"] for r in rows), flash_bytes=model.sizes["flash_bytes"],
+                  peak_ram_bytes=model.sizes["ram_bytes"], target=chip.name,
+                  target_flash_bytes=chip.flash, target_ram_bytes=chip.ram)
     return rows, totals
 
 
@@ -99,15 +64,11 @@ def format_table(rows: list[dict[str, Any]], totals: dict[str, Any]) -> str:
 
 
 def run(ctx) -> dict:
-    target = ctx.cfg["mcu.target"]
-    model = packed_model(ctx.input("train"), target)
-    model["format_version"] = FORMAT_VERSION
-    model["target"] = target
-    model["sizes"] = layout(model)
-    (ctx.out / "model.json").write_text(json.dumps(_jsonable(model), sort_keys=True, indent=1) + "\n")
-    (ctx.out / "model.h").write_text(render_header(load_packed(ctx.out)))
-    rows, totals = layer_table(model, target)
+    model = packed_model(ctx.input("train"), ctx.cfg["mcu.target"])
+    packed.save(model, ctx.out / stage.MODEL)
+    (ctx.out / stage.HEADER).write_text(render_header(stage.model(ctx.out)))
+    rows, totals = layer_table(model)
     table = format_table(rows, totals)
-    (ctx.out / "layers.txt").write_text(table + "\n")
+    (ctx.out / stage.TABLE).write_text(table + "\n")
     print(table, flush=True)
     return {"layers": rows, **totals}

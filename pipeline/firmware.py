@@ -7,9 +7,9 @@ RAM does not fit, and on the CH32V003 when the inference code contains a multipl
 """
 from __future__ import annotations
 
-import numpy as np
-
 from mcu.build import Firmware, build, build_demo
+from pipeline.stages.data import test_set
+from pipeline.stages.export import header as model_header
 
 
 def run(ctx) -> dict:
@@ -17,10 +17,9 @@ def run(ctx) -> dict:
     fw = Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
                   segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
                   where=f"config of stage {ctx.stage.name}")
-    header = (ctx.input("export") / "model.h").read_text()
+    header = model_header(ctx.input("export"))
     if fw.mode == "demo":
-        data = ctx.input("data")
-        images, labels = np.load(data / "test_images.npy"), np.load(data / "test_labels.npy")
+        images, labels = test_set(ctx.input("data"))
         b = build_demo(fw, header, ctx.out, images, labels, cfg["mcu.demo_images"])
     else:
         b = build(fw, header, ctx.out)

@@ -1,83 +1,23 @@
-"""The stage graph: declarations in pipeline order, and a plan of store keys for one config.
-
-Declarations live here, apart from the stage modules, so that building the task list (every `doit`
-call) never imports torch.
+"""The stage graph: the stages' declarations (pipeline/stages/) in pipeline order, and a plan of store
+keys for one config. The declarations import no torch, so building the task list (every `doit` call)
+stays fast.
 """
 from __future__ import annotations
 
+import importlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.config import SCHEMA, Config, UserError
-from pipeline.spec import TRAIN_KEYS, TRAIN_RUNTIME_KEYS
-from pipeline.stage import ROOT, Stage, run_stage, stage_key
+from contract.errors import UserError
+from pipeline.config import Config
+from pipeline.stage import Stage, run_stage, stage_key
+from pipeline.stages import ORDER
+from pipeline.stages.report import page
 from pipeline.store import Store, StoreError
 
-# firmware sources enter the firmware stage's key (mcu/build.py and friends are found by import)
-MCU_SOURCES = tuple(sorted(f"mcu/src/{p.name}" for p in (ROOT / "mcu" / "src").iterdir() if p.is_file()))
-
-STAGES: tuple[Stage, ...] = (
-    Stage(
-        name="data",
-        doc="Find and checksum MNIST, downscale it to NxN (PIL's antialiased bilinear), store as uint8 arrays",
-        module="pipeline.data",
-        keys=("data.image_size",),
-        runtime_keys=("data.mnist_dir", "data.allow_download"),
-    ),
-    Stage(
-        name="train",
-        doc="Quantization-aware training on the device's integer arithmetic; resumable, deterministic",
-        module="pipeline.train",
-        keys=(*TRAIN_KEYS, "import.src"),
-        runtime_keys=TRAIN_RUNTIME_KEYS,
-        inputs=("data",),
-        variants=(("import.src", "pipeline.bitnetmcu"),),  # convert a BitNetMCU checkpoint instead
-    ),
-    Stage(
-        name="export",
-        doc="Integer model (packed weights, shifts, buffer sizes) as model.json and a generated C header",
-        module="pipeline.export",
-        keys=("mcu.target",),
-        inputs=("train",),
-    ),
-    Stage(
-        name="library",
-        doc="Compile the C engine with the exported header into a host shared library (cffi)",
-        module="pipeline.library",
-        inputs=("export",),
-        extra_sources=("engine/bitmcu.c", "engine/bitmcu.h"),
-    ),
-    Stage(
-        name="verify",
-        doc="Run PyTorch int-eval, numba and C on every test image; every layer must be identical",
-        module="pipeline.verify",
-        inputs=("data", "train", "export", "library"),
-    ),
-    Stage(
-        name="firmware",
-        doc="Cross-compile the CH32V003/V002 firmware (demo or serial mode); gate flash, RAM and multiplies",
-        module="pipeline.firmware",
-        keys=("mcu.target", "mcu.mode", "mcu.demo_images", "mcu.kernels", "mcu.segment_pins",
-              "mcu.segment_active_low"),
-        inputs=("data", "export"),
-        extra_sources=(*MCU_SOURCES, "engine/bitmcu.c", "engine/bitmcu.h"),
-    ),
-    Stage(
-        name="emulate",
-        doc="Run the firmware in the unicorn CH32V00x emulator: predictions equal the C engine's; cycles per inference",
-        module="pipeline.emulate",
-        inputs=("data", "export", "library", "firmware"),
-    ),
-    Stage(
-        name="report",
-        doc="One self-contained HTML page of the run (report.html + PNG figures): curves, errors, codes, memory",
-        module="pipeline.report",
-        keys=tuple(k for k, v in SCHEMA.items() if not v.runtime),  # the page shows the whole config
-        inputs=("data", "train", "export", "verify", "firmware", "emulate"),
-    ),
-)
+STAGES: tuple[Stage, ...] = tuple(importlib.import_module(f"pipeline.stages.{n}").STAGE for n in ORDER)
 
 
 def check_graph(stages: Sequence[Stage]) -> None:
@@ -94,9 +34,8 @@ def check_graph(stages: Sequence[Stage]) -> None:
 
 def _show_page(name: str, link: Path) -> None:
     """A stage whose entry is a page to look at (the report) ends its output with where to open it."""
-    page = link / "report.html"
-    if page.is_file():
-        print(f"[{name}] open {page.absolute()}", flush=True)
+    if name == "report" and page(link).is_file():
+        print(f"[{name}] open {page(link).absolute()}", flush=True)
 
 
 @dataclass
@@ -106,6 +45,7 @@ class Plan:
     store: Store
     stages: tuple[Stage, ...]
     keys: dict[str, str]
+    redo: set[str] = field(default_factory=set)  # stages whose entry is thrown away and built again
 
     @classmethod
     def make(cls, cfg: Config, store: Store, stages: Sequence[Stage] = STAGES) -> "Plan":
@@ -127,6 +67,8 @@ class Plan:
         return out
 
     def up_to_date(self, name: str) -> bool:
+        if name in self.redo:
+            return False
         key = self.keys[name]
         if not self.store.has(name, key):
             return False
@@ -144,8 +86,11 @@ class Plan:
         s = self.stage(name)
         key = self.keys[name]
         try:
+            if name in self.redo:
+                self.store.remove(name, key)
+                self.redo.discard(name)      # once: a later task of this run reuses the new entry
             if self.store.has(name, key):
-                self.store.verify(name, key, f"doit cfg={self.cfg.path} forget={name} {name}")
+                self.store.verify(name, key, f"doit cfg={self.cfg.path} redo={name} {name}")
             run_stage(s, self.cfg, key, {i: self.keys[i] for i in s.inputs}, self.store)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.quant import (code_entropy, compute_clip, pow2_clip, pow2_shifts, quantize, requant,
-                            shiftnorm)
-from pipeline.spec import ACC_LIMIT, F32_EXACT, FORMATS, ModelSpec, layer_bound
+from contract.formats import FORMATS
+from contract.spec import ACC_LIMIT, F32_EXACT, ModelSpec, layer_bound
+from pipeline.quant import code_entropy, compute_clip, pow2_clip, pow2_shifts, quantize, requant, shiftnorm
+
 
 class IntResult(NamedTuple):
     logits: Tensor                        # int64 [B, classes]

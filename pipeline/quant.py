@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from pipeline.spec import CLIPS, FORMATS, MAX_OUT_SHIFT, NF4_CODES, NORMS
+from contract.formats import FORMATS, NF4_CODES
+from contract.spec import CLIPS, MAX_OUT_SHIFT, NORMS
 
 CLIP_MIN = 1e-12             # a clip of 0 (all-zero weights) would divide by zero
 

@@ -8,36 +8,32 @@ identical to the C and PyTorch integer paths, so they are the deployed model's p
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import yaml
 
+from contract.formats import FORMATS
+from contract.model import PackedModel
+from contract.packing import unpack
 from pipeline import report_figures as figs
 from pipeline.config import SCHEMA
-from pipeline.export import load_packed
-from pipeline.graph import STAGES
-from pipeline.packing import unpack
 from pipeline.report_page import card, esc, figure, fmt_value, page, table
-from pipeline.spec import FORMATS
+from pipeline.stage import summary as _summary
+from pipeline.stages import ORDER, export, train
+from pipeline.stages.data import test_set
+from pipeline.stages.report import PAGE
 from refimpl.model import run as run_numba
 
-PAGE = "report.html"
 SHOWN_ERRORS = 48  # misclassified digits drawn
 CHIP_STAGES = ("firmware", "emulate")  # inputs whose summary figures the page shows as tables
 BATCH = 1000  # images per numba call: bounds the traced activations held at once
 TIMES, ARROW = "\u00d7", " \u2192 "
 
 
-def _summary(entry: Path) -> dict[str, Any]:
-    return json.loads((entry / "summary.json").read_text())
-
-
-def predictions(model: dict[str, Any], pixels: np.ndarray) -> np.ndarray:
+def predictions(model: PackedModel, pixels: np.ndarray) -> np.ndarray:
     """The exported model's predicted class of every image."""
     return np.concatenate([run_numba(model, pixels[i:i + BATCH])["preds"] for i in range(0, len(pixels), BATCH)])
 
@@ -47,37 +43,31 @@ def confusion(labels: np.ndarray, preds: np.ndarray, classes: int) -> np.ndarray
     return np.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
 
 
-def code_usage(model: dict[str, Any]) -> list[dict[str, Any]]:
+def code_usage(model: PackedModel) -> list[dict[str, Any]]:
     """Per weight layer: how often each code of its format occurs in the packed words, and the entropy."""
     out = []
-    for lay in model["layers"]:
-        fmt = lay["format"]
-        codes = unpack(lay["words"], fmt, int(lay["n_out"]), int(lay["n_in"]))
+    for lay in model.layers:
+        fmt = lay.format
+        codes = unpack(lay.words, fmt, lay.n_out, lay.n_in)
         allowed = np.array(FORMATS[fmt].codes)
         counts = (codes.reshape(-1, 1) == allowed).sum(0)
         p = counts[counts > 0] / counts.sum()
-        out.append(dict(name=lay["name"], format=fmt, codes=allowed.tolist(), counts=counts.tolist(),
+        out.append(dict(name=lay.name, format=fmt, codes=allowed.tolist(), counts=counts.tolist(),
                         weights=int(counts.sum()), used=int((counts > 0).sum()),
                         entropy=float(-(p * np.log2(p)).sum()), capacity=math.log2(len(allowed)),
                         bits=FORMATS[fmt].bits))
     return out
 
 
-def store_keys(inputs: dict[str, Path], out: Path, stage: str) -> dict[str, str]:
-    """Every stage of the run -> its store key, in pipeline order.
-
-    An entry's folder name is its key; each upstream summary names its own inputs' keys, which
-    reaches stages this one does not read directly (library). This stage's key is in the name of
-    the folder the store builds it in (`<stage>-<key>-<random>`).
-    """
-    keys = {name: path.name for name, path in inputs.items()}
-    for path in inputs.values():
+def store_keys(ctx: Any) -> dict[str, str]:
+    """Every stage of the run -> its store key, in pipeline order: this stage's and its inputs' keys
+    from the context, and the keys of stages it does not read directly (library) from the inputs'
+    summaries, each of which names its own inputs' keys."""
+    keys = dict(ctx.input_keys)
+    for path in ctx.inputs.values():
         keys.update(_summary(path).get("inputs", {}))
-    order = [s.name for s in STAGES]
-    keys = dict(sorted(keys.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-    own = re.fullmatch(rf"{stage}-([0-9a-f]+)-.*", out.name)
-    keys[stage] = own.group(1) if own else "(built outside the store)"
-    return keys
+    keys[ctx.stage.name] = ctx.key
+    return dict(sorted(keys.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -97,18 +87,18 @@ def chip_figures(inputs: dict[str, Path]) -> dict[str, dict[str, Any]]:
             for name in CHIP_STAGES}
 
 
-def model_text(model: dict[str, Any]) -> str:
+def model_text(model: PackedModel) -> str:
     """e.g. `fc: 16x16 -> fc1 64 -> fc2 64 -> fc3 64 -> fc4 10` (output shape of every layer)."""
-    n = model["image_size"]
-    shapes = [f"{lay['name']} " + TIMES.join(str(s) for s in lay["out_shape"]) for lay in model["layers"]]
-    return f"{model['kind']}: {n}{TIMES}{n}{ARROW}" + ARROW.join(shapes)
+    n = model.image_size
+    shapes = [f"{lay.name} " + TIMES.join(str(s) for s in lay.out_shape) for lay in model.layers]
+    return f"{model.kind}: {n}{TIMES}{n}{ARROW}" + ARROW.join(shapes)
 
 
-def formats_text(model: dict[str, Any]) -> str:
-    fmts = [lay["format"] for lay in model["layers"]]
+def formats_text(model: PackedModel) -> str:
+    fmts = [lay.format for lay in model.layers]
     if len(set(fmts)) == 1:
         return fmts[0]
-    return ", ".join(f"{lay['name']} {lay['format']}" for lay in model["layers"])
+    return ", ".join(f"{lay.name} {lay.format}" for lay in model.layers)
 
 
 def _pct(x: float) -> str:
@@ -206,23 +196,20 @@ def reproduce_section(cfg: dict[str, Any], keys: dict[str, str]) -> str:
 
 def run(ctx) -> dict:
     out = ctx.out
-    data, train, export_dir = ctx.input("data"), ctx.input("train"), ctx.input("export")
-    model = load_packed(export_dir)
-    export, verify = _summary(export_dir), _summary(ctx.input("verify"))
-    metrics = train / "metrics.json"
-    history = json.loads(metrics.read_text()) if metrics.is_file() else []
-    images = np.load(data / "test_images.npy")
-    labels = np.load(data / "test_labels.npy").astype(np.int64)
+    model = export.model(ctx.input("export"))
+    exported, verify = _summary(ctx.input("export")), _summary(ctx.input("verify"))
+    history = train.metrics(ctx.input("train"))
+    images, labels = test_set(ctx.input("data"))
     preds = predictions(model, images)
     accuracy = float((preds == labels).mean())
-    classes = int(model["num_classes"])
+    classes = int(model.num_classes)
     chip = chip_figures(ctx.inputs)
-    keys = store_keys(ctx.inputs, out, ctx.stage.name)
+    keys = store_keys(ctx)
 
     with_figures = [("training", "Training", training_section(history, out)),
                     ("errors", "Test-set errors", errors_section(images, labels, preds, classes, out)),
                     ("codes", "Weight codes", codes_section(code_usage(model), out)),
-                    ("memory", "Memory budget", memory_section(export, chip["firmware"], out))]
+                    ("memory", "Memory budget", memory_section(exported, chip["firmware"], out))]
     made = [f for _, _, (_, files) in with_figures for f in files]
     sections = [(sid, head, inner) for sid, head, (inner, _) in with_figures]
     sections += [("verify", "Accuracy per engine", verify_section(verify)),
@@ -232,10 +219,10 @@ def run(ctx) -> dict:
              card("model", model_text(model)),
              card("weight formats", formats_text(model)),
              card("test accuracy (integer eval)", _pct(accuracy)),
-             card("model flash", f"{export['flash_bytes']:,} B of {export['target_flash_bytes']:,} B")]
+             card("model flash", f"{exported['flash_bytes']:,} B of {exported['target_flash_bytes']:,} B")]
     (out / PAGE).write_text(page("bitmcu run report", cards, sections))
     wrong = int((preds != labels).sum())
     ctx.log(f"{PAGE} with {len(made)} figures: test accuracy {_pct(accuracy)}, {wrong} misclassified, "
-            f"model flash {export['flash_bytes']} B" + ("" if chip else "; no firmware figures in this run"))
+            f"model flash {exported['flash_bytes']} B" + ("" if chip else "; no firmware figures in this run"))
     return {"page": PAGE, "figures": made, "test_accuracy_int": accuracy, "misclassified": wrong,
-            "model_flash_bytes": export["flash_bytes"], "chip_stages": list(chip)}
+            "model_flash_bytes": exported["flash_bytes"], "chip_stages": list(chip)}

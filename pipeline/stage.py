@@ -12,6 +12,7 @@ training), and then that module's code enters the key.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
 import importlib
 import json
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.config import SCHEMA, Config, ConfigError
-from pipeline.store import Store, file_sha256
+from pipeline.store import SUMMARY, Store, file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "refimpl", "engine", "mcu")
+PACKAGES = ("contract", "refimpl", "engine", "mcu", "pipeline")
 # Infrastructure: how entries are stored and configs parsed, not what a stage computes.
 INFRA = frozenset({"pipeline.stage", "pipeline.store", "pipeline.config", "pipeline.graph"})
 
@@ -38,11 +39,25 @@ class Stage:
     keys: tuple[str, ...] = ()  # config keys that change the output
     runtime_keys: tuple[str, ...] = ()  # config keys it may read that never change the output
     inputs: tuple[str, ...] = ()  # upstream stage names
+    outputs: tuple[str, ...] = ()  # the files it writes (fnmatch patterns; a plain name must be written)
     extra_sources: tuple[str, ...] = ()  # non-Python files (C sources, linker scripts), relative to ROOT
     variants: tuple[tuple[str, str], ...] = ()  # (config key, module): that module runs it when the key is set
 
     def module_for(self, cfg: Config) -> str:
         return next((m for k, m in self.variants if cfg[k] is not None), self.module)
+
+    def check_outputs(self, files: list[str]) -> None:
+        """Raise unless the entry's files are what the stage declares (a programming error otherwise)."""
+        stray = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in self.outputs)]
+        missing = [p for p in self.outputs if not any(c in p for c in "*?[") and p not in files]
+        if stray or missing:
+            raise RuntimeError(f"stage {self.name}: wrote undeclared files {stray} / did not write {missing}; "
+                               f"it declares outputs {list(self.outputs)}")
+
+
+def summary(entry: Path) -> dict[str, Any]:
+    """Any stage entry's summary.json (its headline figures, key, config and inputs' keys)."""
+    return json.loads((entry / SUMMARY).read_text())
 
 
 def _module_file(module: str) -> Path | None:
@@ -84,7 +99,9 @@ def source_files(module: str) -> tuple[Path, ...]:
 
 def code_hash(stage: Stage, module: str | None = None) -> str:
     h = hashlib.sha256()
-    files = list(source_files(module or stage.module)) + [ROOT / s for s in stage.extra_sources]
+    declaration = f"pipeline.stages.{stage.name}"   # its readers and declared outputs
+    files = {*source_files(module or stage.module), *(ROOT / s for s in stage.extra_sources),
+             *(source_files(declaration) if _module_file(declaration) else ())}
     for f in sorted(files):
         h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
@@ -136,9 +153,11 @@ class StageConfig(Mapping[str, Any]):
 class Context:
     stage: Stage
     cfg: StageConfig
+    key: str  # this entry's store key
     out: Path  # write outputs here (a temporary folder, published atomically)
     work: Path  # scratch that survives a crash, for resumable stages
     inputs: dict[str, Path]  # upstream stage -> verified entry folder
+    input_keys: dict[str, str]  # upstream stage -> its store key
 
     def input(self, name: str) -> Path:
         return self.inputs[name]
@@ -149,19 +168,20 @@ class Context:
 
 def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str], store: Store) -> Path:
     """Verify the inputs, then build the entry (unless present) and return its folder."""
-    inputs = {name: store.verify(name, k, f"doit cfg={cfg.path} forget={name} {name}")
+    inputs = {name: store.verify(name, k, f"doit cfg={cfg.path} redo={name} {name}")
               for name, k in input_keys.items()}
 
     def build(out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
         mod = importlib.import_module(stage.module_for(cfg))
-        ctx = Context(stage, StageConfig(stage, cfg), out, work, inputs)
-        summary = dict(mod.run(ctx))
-        summary.setdefault("stage", stage.name)
-        summary["key"] = key
-        summary["config"] = {k: cfg[k] for k in stage.keys}
-        summary["inputs"] = dict(input_keys)
-        summary["seconds"] = round(time.perf_counter() - t0, 3)
-        return summary
+        ctx = Context(stage, StageConfig(stage, cfg), key, out, work, inputs, dict(input_keys))
+        figures = dict(mod.run(ctx))
+        stage.check_outputs(sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()))
+        figures.setdefault("stage", stage.name)
+        figures["key"] = key
+        figures["config"] = {k: cfg[k] for k in stage.keys}
+        figures["inputs"] = dict(input_keys)
+        figures["seconds"] = round(time.perf_counter() - t0, 3)
+        return figures
 
     return store.build(stage.name, key, build)

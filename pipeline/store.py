@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.config import UserError
+from contract.errors import UserError
 
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"

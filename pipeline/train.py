@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from contract.spec import model_spec
 from pipeline.augment import AugmentSpec, augment
 from pipeline.ema import WeightAverage
 from pipeline.models import QModel, build_model
-from pipeline.spec import model_spec
+from pipeline.stages import data
+from pipeline.stages import train as stage
 
 CKPT = "checkpoint.pt"
 
@@ -152,13 +154,14 @@ def run(ctx) -> dict:
     if cfg["train.threads"]:
         torch.set_num_threads(cfg["train.threads"])
     dev = _device(cfg["train.device"])
-    data = ctx.input("data")
     limit = cfg["train.train_limit"] or None
-    clean = torch.from_numpy(np.load(data / "train_images.npy")[:limit]).unsqueeze(1).to(dev)
-    raw = torch.from_numpy(np.load(data / "train_raw.npy")[:limit]).to(dev)
-    labels = torch.from_numpy(np.load(data / "train_labels.npy")[:limit]).long().to(dev)
-    test_x = torch.from_numpy(np.load(data / "test_images.npy")).unsqueeze(1).to(dev)
-    test_y = torch.from_numpy(np.load(data / "test_labels.npy")).long().to(dev)
+    train_images, train_raw, train_labels = data.train_set(ctx.input("data"))
+    test_images, test_labels = data.test_set(ctx.input("data"))
+    clean = torch.from_numpy(train_images[:limit]).unsqueeze(1).to(dev)
+    raw = torch.from_numpy(train_raw[:limit]).to(dev)
+    labels = torch.from_numpy(train_labels[:limit]).to(dev)
+    test_x = torch.from_numpy(test_images).unsqueeze(1).to(dev)
+    test_y = torch.from_numpy(test_labels).to(dev)
 
     spec = model_spec(cfg)
     torch.manual_seed(cfg["train.seed"])
@@ -222,9 +225,9 @@ def run(ctx) -> dict:
         ema.apply(model)
     model.update_clipping()
     test_acc, preds = evaluate(model, test_x, test_y)
-    torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / "model.pt")
-    np.save(ctx.out / "test_predictions.npy", preds.astype(np.uint8))
-    (ctx.out / "metrics.json").write_text(json.dumps(history, indent=1) + "\n")
+    torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / stage.MODEL)
+    np.save(ctx.out / stage.PREDICTIONS, preds.astype(np.uint8))
+    (ctx.out / stage.METRICS).write_text(json.dumps(history, indent=1) + "\n")
     layers = model.export_layers()
     weights = sum(int(np.prod(l["codes"].shape)) for l in layers)
     return {

@@ -13,9 +13,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from contract.errors import UserError
 from engine.build import load_library, run_c
-from pipeline.config import UserError
-from pipeline.export import load_packed, load_trained
+from pipeline.stages import export, library
+from pipeline.stages.data import test_set
+from pipeline.stages.train import trained_model
 from refimpl.model import run as run_numba
 
 SHOW = 10  # mismatches printed in full
@@ -37,9 +39,9 @@ def torch_int(model: torch.nn.Module, pixels: np.ndarray, batch: int = 1000) -> 
 
 def engines(train_dir: Path, export_dir: Path, library_dir: Path) -> dict[str, Callable[[np.ndarray], dict]]:
     """The three implementations of the contract, each mapping uint8 images [B,N,N] to a traced run."""
-    model = load_trained(train_dir)
-    packed = load_packed(export_dir)
-    lib = load_library(next(Path(library_dir).rglob("*.so")))
+    model = trained_model(train_dir)
+    packed = export.model(export_dir)
+    lib = load_library(library.library(library_dir))
     return {"torch": lambda p: torch_int(model, p),
             "numba": lambda p: run_numba(packed, p),
             "c": lambda p: run_c(lib, p, trace=True)}
@@ -68,9 +70,7 @@ def compare(ref: dict[str, Any], other: dict[str, Any], ref_name: str, other_nam
 
 
 def run(ctx) -> dict:
-    data = ctx.input("data")
-    pixels = np.load(data / "test_images.npy")
-    labels = np.load(data / "test_labels.npy").astype(np.int64)
+    pixels, labels = test_set(ctx.input("data"))
     results, seconds = {}, {}
     for name, fn in engines(ctx.input("train"), ctx.input("export"), ctx.input("library")).items():
         t0 = time.perf_counter()

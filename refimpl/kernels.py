@@ -3,7 +3,7 @@
 Rules (house style §3.3): every kernel is @njit(cache=True) with an explicit signature, uses no
 globals, no fastmath and never raises; refimpl/model.py validates shapes and ranges before calling.
 Weights stay packed (§9) and are decoded here, one row at a time, independently of
-pipeline/packing.py. Accumulators are int64: export proves |acc| <= 2^31 - 2^24, so int64 equals
+contract/packing.py. Accumulators are int64: export proves |acc| <= 2^31 - 2^24, so int64 equals
 the device's int32 and no wraparound is emulated. Outputs are written into caller-owned arrays.
 
 The layer kernels apply the per-output shift k[o] themselves (CONTRACT §3): with relu, y = max(acc, 0)
@@ -15,20 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Format ids: the integer each kernel's fmt_id argument takes. Mirror these in the C engine.
-FMT_BINARY = 0
-FMT_BINARYBALANCED = 1
-FMT_TERNARY = 2
-FMT_2BITSYM = 3
-FMT_4BITSYM = 4
-FMT_4BIT = 5
-FMT_8BIT = 6
-FMT_FP130 = 7
-FMT_NF4 = 8
-FORMAT_IDS = {"binary": FMT_BINARY, "binarybalanced": FMT_BINARYBALANCED, "ternary": FMT_TERNARY,
-              "2bitsym": FMT_2BITSYM, "4bitsym": FMT_4BITSYM, "4bit": FMT_4BIT, "8bit": FMT_8BIT,
-              "fp130": FMT_FP130, "nf4": FMT_NF4}
-
+# Format ids (fmt_id) are contract.formats' FORMATS[name].id; the kernels spell them and the NF4 codes
+# as literals (numba caches compiled kernels by this file alone), and tests/test_refimpl.py checks
+# them against the table.
 
 @njit("int64(int64, int64)", cache=True)
 def field_value(fmt_id, f):

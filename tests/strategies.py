@@ -6,7 +6,8 @@ import torch
 from hypothesis import strategies as st
 
 from pipeline.models import build_model
-from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec
+from contract.formats import FORMATS
+from contract.spec import ACC_LIMIT, MAX_OUT_SHIFT, ModelSpec
 
 EXPORTABLE = tuple(f for f, spec in FORMATS.items() if spec.exportable)
 

@@ -37,7 +37,7 @@ def test_data_twice_then_switch_and_back(tmp_path, mnist_dir):
     assert (store / "runs" / "b" / "data" / "summary.json").is_file()
 
 
-def test_damage_is_reported_and_forget_rebuilds(tmp_path, mnist_dir):
+def test_damage_is_reported_and_redo_rebuilds(tmp_path, mnist_dir):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  image_size: 8\n")
     store = tmp_path / "artifacts"
@@ -47,8 +47,8 @@ def test_damage_is_reported_and_forget_rebuilds(tmp_path, mnist_dir):
     r = doit(store, f"cfg={cfg}", "data")
     assert r.returncode != 0
     assert f"{damaged}: content does not match its manifest" in r.stderr
-    assert "forget=data" in r.stderr
-    fixed = doit(store, f"cfg={cfg}", "forget=data", "data")
+    assert "redo=data" in r.stderr
+    fixed = doit(store, f"cfg={cfg}", "redo=data", "data")
     assert fixed.returncode == 0 and "[data] stored" in fixed.stdout
 
 
@@ -64,6 +64,26 @@ def test_gc_keeps_linked_entries(tmp_path, mnist_dir):
     assert doit(store, f"cfg={cfg}", "data").stdout.count("[data] stored") == 0
 
 
-def test_unknown_forget_stage(tmp_path):
-    r = doit(tmp_path, "forget=dta", "list")
-    assert r.returncode == 2 and "forget=dta: no such stage (allowed: " in r.stderr
+def test_unknown_redo_stage(tmp_path):
+    r = doit(tmp_path, "redo=dta", "list")
+    assert r.returncode == 2 and "redo=dta: no such stage (allowed: " in r.stderr
+
+
+def test_redo_names_are_all_checked_before_anything_is_removed(tmp_path, mnist_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  image_size: 8\n")
+    store = tmp_path / "artifacts"
+    assert doit(store, f"cfg={cfg}", "data").returncode == 0
+    entries = sorted((store / "store" / "data").iterdir())
+    r = doit(store, f"cfg={cfg}", "redo=data,nosuch", "data")
+    assert r.returncode == 2 and "redo=nosuch: no such stage" in r.stderr
+    assert sorted((store / "store" / "data").iterdir()) == entries      # the valid name removed nothing
+    assert doit(store, f"cfg={cfg}", "redo=data", "list").returncode == 0
+    assert sorted((store / "store" / "data").iterdir()) == entries      # only the stage's own task removes
+
+
+def test_unknown_variable_names_the_closest_one(tmp_path):
+    r = doit(tmp_path, "cgf=configs/tiny.yaml", "list")
+    assert r.returncode == 2 and "cgf=configs/tiny.yaml: unknown variable (did you mean cfg=?)" in r.stderr
+    r = doit(tmp_path, "forget=data", "list")
+    assert r.returncode == 2 and "forget=data: unknown variable" in r.stderr

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,13 @@ from hypothesis import strategies as st
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
                           sanitizer_env)
 from engine.header import MODEL_BYTES, layout, render_header
-from pipeline.packing import codes_per_word, pack
-from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec, layer_bound
+from contract.packing import codes_per_word, pack
+from contract.formats import FORMATS
+from contract.spec import ACC_LIMIT, MAX_OUT_SHIFT, ModelSpec, layer_bound
 from mcu.build import CC as RV_CC  # the cross compiler (BITMCU_CROSS may name another)
-from refimpl.kernels import FORMAT_IDS
-from refimpl.model import from_export, run
+from contract.formats import FORMAT_IDS
+from contract.model import from_export
+from refimpl.model import run
 from tests import naive
 from tests.strategies import EXPORTABLE, MODEL_SPECS, conv_cases, fc_cases, random_model, shiftnorm_inputs
 
@@ -295,16 +298,16 @@ def packed_models():
 def test_model_matches_refimpl(i, kernels, packed_models, build_dir):
     model = packed_models[i]
     lib = load_library(build_library(render_header(model), build_dir, defines=[KERNELS[kernels]]))
-    px = _pixels(int(model["image_size"]), seed=i)
+    px = _pixels(model.image_size, seed=i)
     want = run(model, px)
     assert_same_run(run_c(lib, px, trace=True), want)
     fast = run_c(lib, px, trace=False)
     assert np.array_equal(fast["logits"], want["logits"]) and np.array_equal(fast["preds"], want["preds"])
-    assert run_c(lib, px[:0])["logits"].shape == (0, int(model["num_classes"]))
+    assert run_c(lib, px[:0])["logits"].shape == (0, model.num_classes)
     info, sizes = model_info(lib), layout(model)
     assert {k: info[k] for k in sizes if k in info} == {k: v for k, v in sizes.items() if k in info}
     if MODELS[i].scaling == "per_output":
-        assert any(lay["out_shifts"].max() > 0 for lay in model["layers"])
+        assert any(lay.out_shifts.max() > 0 for lay in model.layers)
 
 
 def test_run_c_validates_pixels(packed_models, build_dir):
@@ -395,7 +398,7 @@ def test_models_clean_under_sanitizers(packed_models, build_dir, tmp_path):
     cases.append((packed_models[5], "cnn_mixed"))
     args = []
     for model, name in cases:
-        n = int(model["image_size"])
+        n = model.image_size
         px = np.concatenate([np.zeros((1, n, n), np.uint8), np.full((1, n, n), 255, np.uint8), _pixels(n, 7)[:6]])
         want = run(model, px)
         ref = {"pixels": px, "logits": want["logits"], "preds": want["preds"]}
@@ -413,7 +416,7 @@ def test_models_clean_under_sanitizers(packed_models, build_dir, tmp_path):
 
 def test_extreme_model_reaches_the_accumulator_bound():
     model = from_export(_extreme_export(*EXTREMES[0]))
-    assert model["layers"][0]["out_shifts"].max() == 7
+    assert model.layers[0].out_shifts.max() == 7
     assert layer_bound(1024, "8bit", 7) == ACC_LIMIT
     px = np.zeros((1, 32, 32), np.uint8)                 # x0 = -127 everywhere; codes -128; k = 7
     assert run(model, px)["shifts"][0][1].tolist() == [24]
@@ -484,7 +487,7 @@ def test_streamed_cnn_matches_refimpl(i, cnn_tables, build_dir):
     shifts as guesses, so the images run forwards, backwards and each twice in a row."""
     model = cnn_tables[i]
     lib = load_library(build_library(render_header(model), build_dir))
-    px = _pixels(int(model["image_size"]), seed=100 + i)
+    px = _pixels(model.image_size, seed=100 + i)
     for order in (px, px[::-1], np.repeat(px, 2, axis=0)):
         assert_same_run(run_c(lib, order, trace=True), run(model, order))
     assert np.array_equal(run_c(lib, px, trace=False)["logits"], run(model, px)["logits"])
@@ -517,7 +520,7 @@ def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, t
     patched = re.sub(rf"#define {define} (\d+)", lambda mt: f"#define {define} {int(mt[1]) - 1}", text, count=1)
     assert patched != text
     with pytest.raises(RuntimeError, match="BM_ERR_ARG"):
-        run_c(load_library(build_library(patched, build_dir)), _pixels(int(cnn_tables[table]["image_size"]), 0))
+        run_c(load_library(build_library(patched, build_dir)), _pixels(cnn_tables[table].image_size, 0))
 
 
 @needs_asan
@@ -528,7 +531,7 @@ def test_streamed_cnn_clean_under_sanitizers(cnn_tables, build_dir, tmp_path):
     args = []
     for i in (1, 2, 4, 6, 7):
         model = cnn_tables[i]
-        n = int(model["image_size"])
+        n = model.image_size
         px = np.concatenate([np.zeros((1, n, n), np.uint8), np.full((1, n, n), 255, np.uint8), _pixels(n, i)[:6]])
         want = run(model, px)
         ref = {"pixels": px, "logits": want["logits"], "preds": want["preds"]}
@@ -554,21 +557,20 @@ def test_header_is_deterministic(packed_models):
     for bad in (str(ROOT), "/tmp", "/home", "/root", "/usr", str(Path.cwd())):
         assert bad not in h1
     assert h1.isascii() and "#include \"bitmcu.h\"" in h1 and h1.endswith("#endif /* BITMCU_MODEL_H */\n")
-    for name, lay in zip(("conv1", "fc1"), (packed_models[5]["layers"][0], packed_models[5]["layers"][3])):
+    for name, lay in zip(("conv1", "fc1"), (packed_models[5].layers[0], packed_models[5].layers[3])):
         block = re.search(rf"static const uint32_t bm_w_{name}\[(\d+)\] = {{\n(.*?)\n}};", h1, re.S)
         lines = block[2].split("\n")                      # 8 words a line, "0x" + 8 hex digits each
         assert all(re.fullmatch(r"    (0x[0-9a-f]{8}, ){0,7}0x[0-9a-f]{8},?", line) for line in lines)
-        assert [int(v, 16) for v in re.findall(r"0x[0-9a-f]{8}", block[2])] == lay["words"].tolist()
-        assert int(block[1]) == lay["words"].size and len(lines) == -(-lay["words"].size // 8)
+        assert [int(v, 16) for v in re.findall(r"0x[0-9a-f]{8}", block[2])] == lay.words.tolist()
+        assert int(block[1]) == lay.words.size and len(lines) == -(-lay.words.size // 8)
 
 
 def test_header_rejects_what_bm_layer_cannot_hold(packed_models):
-    model = dict(packed_models[0], layers=[dict(lay) for lay in packed_models[0]["layers"]])
-    model["layers"][0]["name"] = "fc-1"
+    good = packed_models[0]
+    model = replace(good, layers=[replace(good.layers[0], name="fc-1"), *good.layers[1:]])
     with pytest.raises(ValueError, match="C identifier"):
         render_header(model)
-    bad = dict(packed_models[0], layers=[dict(lay) for lay in packed_models[0]["layers"]])
-    bad["layers"][0]["format"] = "none"
+    bad = replace(good, layers=[replace(good.layers[0], format="none"), *good.layers[1:]])
     with pytest.raises(ValueError, match="format"):
         render_header(bad)
 
@@ -602,7 +604,7 @@ def test_multiplier_free_model_builds_without_multiply_formats(packed_models, bu
     model = packed_models[1]                                       # binary, ternary, 2bitsym, fp130
     lib = load_library(build_library(render_header(model), build_dir,
                                      defines=["BM_CFG_NO_MULTIPLY", KERNELS[kernels]]))
-    px = _pixels(int(model["image_size"]), seed=3)
+    px = _pixels(model.image_size, seed=3)
     assert_same_run(run_c(lib, px), run(model, px))
 
 

@@ -22,8 +22,8 @@ from mcu.flash import FlashError, check_setup
 from mcu.monitor import PortError, find_port
 from mcu.protocol import ErrorCode, Garbled, Parser, Pong, Result, Type
 from pipeline import config
-from pipeline.spec import ModelSpec
-from refimpl.model import from_export
+from contract.spec import ModelSpec
+from contract.model import from_export
 from tests.strategies import random_model
 
 from .conftest import ROOT
@@ -233,17 +233,20 @@ def test_firmware_stage_summary(tmp_path, tiny_header):
     from pipeline.firmware import run
     from pipeline.graph import STAGES
     from pipeline.stage import Context, StageConfig
+    from pipeline.stages import data as data_stage
+    from pipeline.stages import export as export_stage
 
     data, export, out = tmp_path / "data", tmp_path / "export", tmp_path / "out"
     for d in (data, export, out):
         d.mkdir()
     images, labels = pixels(20, 8)
-    np.save(data / "test_images.npy", images)
-    np.save(data / "test_labels.npy", labels)
-    (export / "model.h").write_text(tiny_header)
+    np.save(data / data_stage.TEST_IMAGES, images)
+    np.save(data / data_stage.TEST_LABELS, labels)
+    (export / export_stage.HEADER).write_text(tiny_header)
     stage = next(s for s in STAGES if s.name == "firmware")
     cfg = config.from_values({"data.image_size": 8, "model.widths": [16, 12], "mcu.demo_images": 4})
-    summary = run(Context(stage, StageConfig(stage, cfg), out, tmp_path / "work", {"data": data, "export": export}))
+    summary = run(Context(stage, StageConfig(stage, cfg), "k" * 24, out, tmp_path / "work",
+                          {"data": data, "export": export}, {"data": "d" * 24, "export": "e" * 24}))
     assert {k: summary[k] for k in ("target", "mode", "kernels", "images", "no_multiply_scan", "flash_limit",
                                     "ram_limit", "elf", "bin")} == dict(
         target="ch32v003", mode="demo", kernels="sram", images=4, no_multiply_scan="passed", flash_limit=16384,
@@ -366,12 +369,12 @@ def test_doit_flash_and_monitor_fail_cleanly_without_hardware(tmp_path):
     assert r.returncode != 0 and "cannot open serial port /nonexistent/ttyUSB7" in r.stderr
 
 
-# ---- mcu.send: image conversion and the exchange ---------------------------------------------------------------
+# ---- pipeline.send: image conversion and the exchange ---------------------------------------------------------------
 
 def test_png_is_downscaled_like_the_data_stage(tmp_path):
     from PIL import Image
 
-    from mcu.send import load_png
+    from pipeline.send import load_png
     from pipeline.data import downscale
 
     digit = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
@@ -404,7 +407,7 @@ def test_send_pings_then_sends_each_image(tmp_path):
 
     from PIL import Image
 
-    from mcu.send import send
+    from pipeline.send import send
 
     for i in range(2):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
@@ -492,7 +495,7 @@ def test_send_command_against_the_emulator(tmp_path, tiny_header, capsys):
     pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
     from PIL import Image
 
-    from mcu.send import main
+    from pipeline.send import main
 
     b = build(Firmware(target="ch32v002", mode="serial"), tiny_header, tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps(b.summary(tmp_path)))

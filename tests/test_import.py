@@ -18,7 +18,7 @@ import yaml
 from pipeline import config
 from pipeline.bitnetmcu import CheckpointError, read_checkpoint, to_qmodel, write_config
 from pipeline.graph import Plan
-from pipeline.spec import model_spec
+from contract.spec import model_spec
 from pipeline.store import Store
 
 from .conftest import ROOT

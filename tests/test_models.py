@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.models import build_model
-from pipeline.spec import FORMATS, ModelSpec
+from contract.formats import FORMATS
+from contract.spec import ModelSpec
 
 
 # ---- a plain integer oracle that reads only export_model() ------------------------------------

@@ -1,11 +1,11 @@
-"""pipeline/packing.py: CONTRACT §9 words, by hand-derived known answers, a bit-by-bit twin and round trips."""
+"""contract/packing.py: CONTRACT §9 words, by hand-derived known answers, a bit-by-bit twin and round trips."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import code_to_field, field_to_code, pack, row_words, unpack
-from pipeline.spec import FORMATS
+from contract.packing import code_to_field, field_to_code, pack, row_words, unpack
+from contract.formats import FORMATS
 from tests import naive
 from tests.strategies import EXPORTABLE, codes, formats
 

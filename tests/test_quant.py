@@ -7,7 +7,8 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.spec import ACC_LIMIT, FORMATS, NF4_CODES, NORMS
+from contract.formats import FORMATS, NF4_CODES
+from contract.spec import ACC_LIMIT, NORMS
 from pipeline.quant import (compute_clip, octav_clip,
                             octav_objective, pow2_clip, pow2_shifts, quantize, requant, round_codes, shiftnorm,
                             surrogate, _stats)

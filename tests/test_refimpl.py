@@ -5,10 +5,12 @@ import torch
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import pack, unpack
-from pipeline.spec import ACC_LIMIT, FORMATS
+from contract.packing import field_to_code, pack, unpack
+from contract.formats import FORMAT_IDS, FORMATS
+from contract.spec import ACC_LIMIT
 from refimpl import kernels as K
-from refimpl.model import from_export, run
+from contract.model import from_export
+from refimpl.model import run
 from tests import naive
 from tests.strategies import (EXPORTABLE, MODEL_SPECS, codes, conv_cases, fc_cases, formats, random_model,
                               shiftnorm_inputs)
@@ -19,7 +21,7 @@ FEW = settings(max_examples=30, deadline=None)
 def _fc(case):
     words, rw = pack(case["codes"], case["fmt"])
     out = np.empty((case["x"].shape[0], case["codes"].shape[0]), dtype=np.int64)
-    K.fc_layer(case["x"], words, rw, K.FORMAT_IDS[case["fmt"]], case["codes"].shape[0], case["out_shifts"],
+    K.fc_layer(case["x"], words, rw, FORMAT_IDS[case["fmt"]], case["codes"].shape[0], case["out_shifts"],
                case["relu"], out)
     return out
 
@@ -32,8 +34,18 @@ def _first_diff(got, want):
 
 
 def test_format_ids_cover_every_exportable_format():
-    assert sorted(K.FORMAT_IDS) == sorted(EXPORTABLE)
-    assert sorted(K.FORMAT_IDS.values()) == list(range(len(EXPORTABLE)))
+    assert sorted(FORMAT_IDS) == sorted(EXPORTABLE)
+    assert sorted(FORMAT_IDS.values()) == list(range(len(EXPORTABLE)))
+
+
+@pytest.mark.parametrize("fmt", [f for f in EXPORTABLE if f != "ternary"])
+def test_kernel_literals_follow_the_format_table(fmt):
+    """The numba kernels spell each format's id and code values as literals: they decode every field of
+    the table's field width to exactly the code contract.packing gives it."""
+    fields = np.arange(1 << FORMATS[fmt].field_bits)
+    want = field_to_code(fields, fmt)
+    got = [K.field_value(FORMAT_IDS[fmt], int(f)) for f in fields]
+    assert got == want.tolist()
 
 
 @FEW
@@ -45,7 +57,7 @@ def test_decode_row_matches_unpack(data):
     words, rw = pack(c, fmt)
     for o in range(n_out):
         w = np.empty(n_in, dtype=np.int64)
-        K.decode_row(words, o * rw, n_in, K.FORMAT_IDS[fmt], w)
+        K.decode_row(words, o * rw, n_in, FORMAT_IDS[fmt], w)
         assert np.array_equal(w, c[o]) and np.array_equal(w, unpack(words, fmt, n_out, n_in)[o])
 
 
@@ -64,7 +76,7 @@ def test_conv_layer_matches_naive(case):
     x, c, fmt = case["x"], case["codes"], case["fmt"]
     words, rw = pack(c, fmt)
     out = np.empty((x.shape[0], c.shape[0], x.shape[2] - 2, x.shape[3] - 2), dtype=np.int64)
-    K.conv_layer(x, words, rw, K.FORMAT_IDS[fmt], c.shape[0], case["groups"], case["out_shifts"], case["relu"], out)
+    K.conv_layer(x, words, rw, FORMAT_IDS[fmt], c.shape[0], case["groups"], case["out_shifts"], case["relu"], out)
     want = naive.conv_layer(x.tolist(), c.tolist(), case["groups"], case["out_shifts"].tolist(), case["relu"])
     note(f"{fmt} groups {case['groups']} x {x.shape}: {_first_diff(out, want)}")
     assert out.tolist() == want
@@ -186,15 +198,15 @@ def test_run_validates_inputs():
     with pytest.raises(ValueError, match=r"pixels: must be uint8 \[B, 16, 16\]"):
         run(model, ok[:, :12, :12])
     bad = from_export(m.export_model())
-    bad["layers"][1]["words"] = bad["layers"][1]["words"][:-1]
+    bad.layers[1].words = bad.layers[1].words[:-1]
     with pytest.raises(ValueError, match="layer fc2: words must be uint32"):
         run(bad, ok)
     bad = from_export(m.export_model())
-    bad["layers"][0]["out_shifts"] = bad["layers"][0]["out_shifts"] + 8
+    bad.layers[0].out_shifts = bad.layers[0].out_shifts + 8
     with pytest.raises(ValueError, match="layer fc1: out_shifts"):
         run(bad, ok)
     bad = from_export(m.export_model())
-    bad["layers"][0]["format"] = "none"
+    bad.layers[0].format = "none"
     with pytest.raises(ValueError, match="layer fc1: format"):
         run(bad, ok)
     assert run(model, ok[:0])["logits"].shape == (0, 10)

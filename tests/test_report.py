@@ -1,6 +1,7 @@
 """Report stage: one tiny run through the real stages, its page checked as files and rendered in Chromium."""
 import contextlib
 import io
+from types import SimpleNamespace
 import json
 import shutil
 import subprocess
@@ -94,8 +95,8 @@ def test_page_shows_the_run(tiny_run):
 
 def test_code_entropy_of_the_export_matches_training(tiny_run):
     plan, _, _ = tiny_run
-    from pipeline.export import load_packed
-    usage = report.code_usage(load_packed(plan.store.path("export", plan.keys["export"])))
+    from pipeline.stages.export import model
+    usage = report.code_usage(model(plan.store.path("export", plan.keys["export"])))
     trained = summary(plan, "train")["entropy_bits"]
     for u in usage:
         assert sum(u["counts"]) == u["weights"] and 0 < u["entropy"] <= u["capacity"]
@@ -147,7 +148,9 @@ def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
     html = report.chip_section(chip)
     for text in ("instructions.mean", "123456", "cycles.mean", "234567", "flash_used", "14321"):
         assert text in html, text
-    keys = report.store_keys(inputs, tmp_path / f"report-{'a' * 24}-x1", "report")  # the store's build folder
+    ctx = SimpleNamespace(stage=plan.stage("report"), key="a" * 24, inputs=inputs,
+                          input_keys={n: p.name for n, p in inputs.items()})
+    keys = report.store_keys(ctx)
     assert keys == {**{n: plan.keys[n] for n in needed(plan, "report")}, "firmware": "e" * 24, "emulate": "f" * 24,
                     "report": "a" * 24}
     assert list(keys)[-1] == "report"

@@ -18,7 +18,8 @@ from pipeline.store import Store, StoreError
 from .conftest import ROOT
 
 # The real graph's shape (keys, inputs) with bodies that only record that they ran.
-FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=(), variants=()) for s in STAGES)
+FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=(), variants=(), outputs=("out.txt",))
+             for s in STAGES)
 
 
 def alternatives(key):
@@ -165,7 +166,7 @@ def test_corrupted_file_is_detected(tmp_path, capsys):
         store.verify(name, plan.keys[name])
     assert plan.up_to_date(name) is False
     failed = plan.run(name)  # doit's action: a clean failure naming the file and the fix
-    assert failed is not None and "forget=" in str(failed) and str(damaged) in str(failed)
+    assert failed is not None and "redo=" in str(failed) and str(damaged) in str(failed)
     assert damaged.read_text() == "tampered"  # nothing silently replaced
 
 
@@ -246,3 +247,12 @@ def test_a_variant_module_implements_the_stage_when_its_key_is_set(tmp_path):
     assert code_hash(train, "pipeline.train") != code_hash(train, "pipeline.bitnetmcu")
     # a key at null is left out of the key: declaring a new optional key kept every existing entry
     assert stage_key(train, base, {"data": "d"}) == stage_key(replace(train, keys=train.keys[:-1]), base, {"data": "d"})
+
+
+def test_a_stage_writes_exactly_what_it_declares():
+    stage = replace(FAKE[0], outputs=("out.txt", "figs/*.png"))
+    stage.check_outputs(["out.txt", "figs/a.png"])
+    with pytest.raises(RuntimeError, match=r"undeclared files \['extra.bin'\]"):
+        stage.check_outputs(["out.txt", "extra.bin"])
+    with pytest.raises(RuntimeError, match=r"did not write \['out.txt'\]"):
+        stage.check_outputs(["figs/a.png"])

@@ -12,7 +12,7 @@ from pipeline import config
 from pipeline.ema import WeightAverage
 from pipeline.graph import Plan
 from pipeline.models import build_model
-from pipeline.spec import model_spec
+from contract.spec import model_spec
 from pipeline.store import Store
 from pipeline.train import make_optimizer
 

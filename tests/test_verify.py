@@ -7,7 +7,11 @@ import pytest
 
 from engine.build import build_library, load_library, run_c
 from engine.header import render_header
+from contract.model import FORMAT_VERSION
 from pipeline import config, export, verify
+from pipeline.stages import export as export_stage
+from pipeline.stages.data import test_set
+from pipeline.stages.train import trained_model
 from pipeline.graph import Plan
 from pipeline.store import Store
 from refimpl import kernels as K
@@ -56,12 +60,12 @@ def test_export_is_deterministic_and_self_describing(tiny_store, tmp_path):
     assert outs[0] == outs[1]
     assert b"/tmp" not in outs[0]["model.h"] and str(ROOT).encode() not in outs[0]["model.json"]
     model = json.loads(outs[0]["model.json"])
-    assert model["format_version"] == export.FORMAT_VERSION and model["sizes"]["ram_bytes"] > 0
+    assert model["format_version"] == FORMAT_VERSION and model["sizes"]["ram_bytes"] > 0
     assert outs[0]["model.h"] == (entry(tiny_store, "export") / "model.h").read_bytes()
 
 
 def test_multiplier_format_refused_for_ch32v003(tiny_store, monkeypatch):
-    real = export.load_trained
+    real = export.trained_model
 
     def as_8bit(train_dir):
         m = real(train_dir)
@@ -73,17 +77,16 @@ def test_multiplier_format_refused_for_ch32v003(tiny_store, monkeypatch):
             return d
         m.export_model = patched
         return m
-    monkeypatch.setattr(export, "load_trained", as_8bit)
+    monkeypatch.setattr(export, "trained_model", as_8bit)
     with pytest.raises(export.ExportError, match=r"mcu.target: ch32v003 has no multiply instruction, but "
                                                   r"layers fc1 \(8bit\) need one"):
         export.packed_model(entry(tiny_store, "train"), "ch32v003")
 
 
 def _engines(tiny_store):
-    data = entry(tiny_store, "data")
-    pixels = np.load(data / "test_images.npy")[:300]
-    model = export.load_trained(entry(tiny_store, "train"))
-    packed = export.load_packed(entry(tiny_store, "export"))
+    pixels = test_set(entry(tiny_store, "data"))[0][:300]
+    model = trained_model(entry(tiny_store, "train"))
+    packed = export_stage.model(entry(tiny_store, "export"))
     return pixels, verify.torch_int(model, pixels), packed
 
 
@@ -92,7 +95,7 @@ def test_verifier_catches_one_corrupted_weight(tiny_store, tmp_path):
     # Flip the sign of fc2's weight on fc1's most active unit (4bitsym: 8 fields a word, bit 3 = sign),
     # so the corruption reaches the outputs rather than hiding behind a dead unit.
     j = int(dict(ref["acts"])["fc1"].mean(0).argmax())
-    words = packed["layers"][1]["words"] = packed["layers"][1]["words"].copy()
+    words = packed.layers[1].words = packed.layers[1].words.copy()
     words[j // 8] ^= np.uint32(1 << (4 * (j % 8) + 3))
     lib = load_library(build_library(render_header(packed), tmp_path))
     count, lines = verify.compare(ref, run_c(lib, pixels), "torch", "c")

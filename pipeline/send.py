@@ -1,7 +1,7 @@
 """Send images to serial-mode firmware, on a board or in the emulator, and print its answers.
 
-    python -m mcu.send --port /dev/ttyUSB0 digit.png 3 17          # PNG files and MNIST test indices
-    python -m mcu.send --emulator artifacts/runs/tiny/firmware 0 1 2
+    python -m pipeline.send --port /dev/ttyUSB0 digit.png 3 17          # PNG files and MNIST test indices
+    python -m pipeline.send --emulator artifacts/runs/tiny/firmware 0 1 2
 
 It first PINGs the firmware to learn the model's image size N, then sends each item as an IMAGE
 frame: a PNG is converted to 8-bit grayscale and downscaled to N x N exactly as pipeline/data.py
@@ -13,7 +13,6 @@ light-on-dark. Prints one line per item: class, cycles, logits, and the label of
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Protocol, TextIO
 import numpy as np
 from PIL import Image
 
+from contract.chips import CHIP_NAMES
+from contract.errors import UserError
 from mcu import protocol
 from mcu.protocol import Message, Parser
-from pipeline.config import UserError
 
 
 class Link(Protocol):
@@ -118,9 +118,10 @@ def mnist_test(indices: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
 def _emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
     """A firmware stage folder (its summary names the target) or an ELF with --target."""
     if path.is_dir():
-        summary = json.loads((path / "summary.json").read_text())
-        return path / summary["elf"], target or summary["target"]
-    return path, target or "ch32v003"
+        from pipeline.stages import firmware
+
+        return firmware.elf(path), target or firmware.target(path)
+    return path, target or CHIP_NAMES[0]
 
 
 def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None = None) -> list[Message]:
@@ -150,11 +151,11 @@ def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mcu.send", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.send", description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--port", help="serial port of the board (default: mcu.monitor's choice)")
     where.add_argument("--emulator", type=Path, help="firmware stage folder, or firmware.elf (with --target)")
-    ap.add_argument("--target", choices=("ch32v003", "ch32v002"), help="emulated chip (default: the stage's)")
+    ap.add_argument("--target", choices=CHIP_NAMES, help="emulated chip (default: the stage's)")
     ap.add_argument("--invert", action="store_true", help="invert PNGs (dark digit on a light background)")
     ap.add_argument("items", nargs="+", help="PNG files and/or MNIST test indices")
     args = ap.parse_args(argv)

@@ -7,16 +7,14 @@ stores 5 base-3 trits per byte (earliest weight = least significant digit), 4 by
 (first byte least significant), 20 weights per word, padded with trit 0.
 
 numpy only (no torch), so export and verification can use it without the training stack.
+Field widths and codes per word come from the format table (contract/formats.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.spec import FORMATS, NF4_CODES
+from contract.formats import FORMATS, NF4_CODES
 
-FIELD_BITS = {"binary": 1, "binarybalanced": 1, "2bitsym": 2, "4bitsym": 4, "4bit": 4,
-              "8bit": 8, "fp130": 4, "nf4": 4}       # ternary: 5 trits per byte, see TERNARY_PER_WORD
-TERNARY_PER_WORD = 20
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int64)
 _NF4 = np.array(NF4_CODES, dtype=np.int64)         # ascending, so searchsorted finds the index
 
@@ -32,7 +30,7 @@ def _check_format(fmt: str) -> None:
 def codes_per_word(fmt: str) -> int:
     """Weights held by one 32-bit word: 32 // b, or 20 for ternary."""
     _check_format(fmt)
-    return TERNARY_PER_WORD if fmt == "ternary" else 32 // FIELD_BITS[fmt]
+    return FORMATS[fmt].codes_per_word
 
 
 def row_words(n_in: int, fmt: str) -> int:
@@ -86,7 +84,7 @@ def field_to_code(fields: np.ndarray, fmt: str) -> np.ndarray:
     """Code of each unsigned field (ternary: trit digit), int64. Raises on fields out of range."""
     _check_format(fmt)
     f = np.asarray(fields).astype(np.int64)
-    hi = 3 if fmt == "ternary" else 1 << FIELD_BITS[fmt]
+    hi = 3 if fmt == "ternary" else 1 << FORMATS[fmt].field_bits
     if f.size and (f.min() < 0 or f.max() >= hi):
         v = int(f[(f < 0) | (f >= hi)][0])
         raise ValueError(f"packing: field {v} is out of range for {fmt} (allowed: 0 to {hi - 1})")
@@ -95,7 +93,7 @@ def field_to_code(fields: np.ndarray, fmt: str) -> np.ndarray:
     if fmt == "ternary":
         return np.where(f == 2, -1, f)
     if fmt in ("2bitsym", "4bitsym"):
-        sign_bit = FIELD_BITS[fmt] - 1
+        sign_bit = FORMATS[fmt].field_bits - 1
         mag = 2 * (f & ((1 << sign_bit) - 1)) + 1
         return np.where(f >> sign_bit, -mag, mag)
     if fmt == "4bit":
@@ -126,7 +124,7 @@ def pack(codes: np.ndarray, fmt: str) -> tuple[np.ndarray, int]:
         byte = (trits * _POW3.astype(np.uint64)).sum(-1)          # <= 242
         words = (byte << (np.arange(4, dtype=np.uint64) * np.uint64(8))).sum(-1)
     else:
-        b = FIELD_BITS[fmt]
+        b = FORMATS[fmt].field_bits
         shifts = np.arange(per, dtype=np.uint64) * np.uint64(b)
         words = (padded.reshape(n_out, rw, per) << shifts).sum(-1)   # disjoint bits: sum == or
     return words.astype(np.uint32).reshape(-1), rw
@@ -147,7 +145,7 @@ def unpack(words: np.ndarray, fmt: str, n_out: int, n_in: int) -> np.ndarray:
             raise ValueError(f"packing: ternary byte {int(byte[byte > 242][0])} exceeds 242 = 3^5 - 1")
         fields = (byte[..., None] // _POW3.astype(np.uint64)) % np.uint64(3)
     else:
-        b = FIELD_BITS[fmt]
+        b = FORMATS[fmt].field_bits
         fields = (w >> (np.arange(per, dtype=np.uint64) * np.uint64(b))) & np.uint64((1 << b) - 1)
     fields = fields.reshape(n_out, rw * per).astype(np.int64)
     if fields[:, n_in:].any():

@@ -1,4 +1,4 @@
-"""Torch-free description of a model: weight formats, layer geometry, validation, config mapping.
+"""Torch-free description of a model: layer geometry, the accumulator bound, validation, config mapping.
 
 Config validation runs on every `doit` call, so nothing here may import torch (about 2 s to import).
 Training (pipeline/quant.py, pipeline/models.py) and export build on these definitions.
@@ -9,56 +9,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-NF4_LEVELS = (-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0,
-              0.0796, 0.1609, 0.2461, 0.3379, 0.4407, 0.5626, 0.723, 1.0)
-# round-half-away-from-zero(level * 127), CONTRACT §2
-NF4_CODES = tuple(int(math.copysign(math.floor(abs(v) * 127 + 0.5), v)) for v in NF4_LEVELS)
+from contract.formats import FORMATS
 
 MAX_OUT_SHIFT = 7            # per-output left shifts k[o] lie in [0, 7] (CONTRACT §3)
 ACC_LIMIT = 2**31 - 2**24    # |accumulator| bound that keeps ShiftNorm's rounding inside int32
 F32_EXACT = 2**24            # float32 sums of integers are exact below this
+IMAGE_SIZES = (8, 28)        # N of the N x N input: smallest and largest
+INPUT_ZEROS = (0, 127)       # Z of the input map, so x0 = (p >> 1) - Z stays int8
 NORMS = ("rms", "lin", "batchnorm")
 CLIPS = ("prop", "octav")
 SCALINGS = ("per_tensor", "per_output")
-
-
-@dataclass(frozen=True)
-class FormatSpec:
-    name: str
-    bits: float                 # storage bits per weight as packed (ternary: 8 bits / 5 trits)
-    codes: tuple[int, ...]      # sorted integer code set (empty for 'none')
-    multiplier_free: bool       # engine needs only add/sub/shift
-    max_abs_code: int
-    scale_per_clip: float       # scale = scale_per_clip / clip, so the top of the range sits near the clip
-
-    @property
-    def level_bits(self) -> float:
-        """log2(number of codes): entropy capacity, and OCTAV's B (step = 2*clip / levels)."""
-        return math.log2(len(self.codes)) if self.codes else 32.0
-
-    @property
-    def exportable(self) -> bool:
-        return bool(self.codes)
-
-
-def _odd(n: int) -> tuple[int, ...]:
-    return tuple(range(-n, n + 1, 2))
-
-
-# scale_per_clip: uniform formats are a 2^B-level quantizer spanning [-clip, clip] (odd codes are
-# bin centres, so code v sits at v*clip/2^B); 4bit/8bit/fp130/nf4 put their extreme code at the clip.
-FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
-    FormatSpec("binary", 1, (-1, 1), True, 1, 2.0),
-    FormatSpec("binarybalanced", 1, (-1, 1), True, 1, 2.0),
-    FormatSpec("ternary", 1.6, (-1, 0, 1), True, 1, 1.5),   # levels 0, +-2c/3: threshold c/3
-    FormatSpec("2bitsym", 2, _odd(3), True, 3, 4.0),
-    FormatSpec("4bitsym", 4, _odd(15), True, 15, 16.0),
-    FormatSpec("4bit", 4, tuple(range(-8, 8)), False, 8, 8.0),
-    FormatSpec("8bit", 8, tuple(range(-128, 128)), False, 128, 128.0),
-    FormatSpec("fp130", 4, tuple(sorted(s * 2**e for s in (-1, 1) for e in range(8))), True, 128, 128.0),
-    FormatSpec("nf4", 4, NF4_CODES, False, 127, 127.0),
-    FormatSpec("none", 32, (), False, 0, 128.0),              # float weights, scaled like 8bit
-)}
 
 
 def layer_bound(n_in: int, fmt: str, max_shift: int) -> int:
@@ -136,8 +96,8 @@ class ModelSpec:
         if self.kind not in KINDS:
             bad("model.kind", f"unknown value {self.kind!r}", ", ".join(KINDS))
             return p
-        if not 8 <= self.image_size <= 28:
-            bad("data.image_size", f"{self.image_size} is out of range", "8 to 28")
+        if not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
+            bad("data.image_size", f"{self.image_size} is out of range", f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}")
         lo, hi = (2, 4) if self.kind == "fc" else (1, 3)
         if not lo <= len(self.widths) <= hi or any(w < 1 for w in self.widths):
             bad("model.widths", f"{list(self.widths)} has {len(self.widths)} entries or a width < 1",
@@ -151,8 +111,8 @@ class ModelSpec:
         for key, v in (("quant.prop_scale", self.prop_scale), ("quant.norm_eps", self.norm_eps)):
             if not (math.isfinite(v) and v > 0):
                 bad(key, f"{v!r} must be positive", "a finite number > 0")
-        if not 0 <= self.input_zero <= 127:
-            bad("model.input_zero", f"{self.input_zero} is out of range", "0 to 127")
+        if not INPUT_ZEROS[0] <= self.input_zero <= INPUT_ZEROS[1]:
+            bad("model.input_zero", f"{self.input_zero} is out of range", f"{INPUT_ZEROS[0]} to {INPUT_ZEROS[1]}")
         if self.num_classes < 2:
             bad("model.num_classes", f"{self.num_classes} is out of range", "an integer >= 2")
         for f in self.formats:
@@ -191,9 +151,7 @@ class ModelSpec:
             bad("prune.epoch", f"{self.prune_epoch} is out of range", "an integer >= 0")
         return p
 
-FORMAT_NAMES = tuple(FORMATS)
-
-# Config keys read by the train stage, and the ModelSpec field each model key fills.
+# Config keys of the model description, and the ModelSpec field each fills.
 SPEC_KEYS = {
     "model.kind": "kind", "data.image_size": "image_size", "model.widths": "widths",
     "model.cnn_channels": "cnn_channels", "quant.formats": "formats", "quant.scaling": "scaling",
@@ -201,14 +159,6 @@ SPEC_KEYS = {
     "model.input_zero": "input_zero", "prune.keep": "prune_keep", "prune.l1": "prune_l1",
     "prune.epoch": "prune_epoch",
 }
-TRAIN_KEYS = tuple(SPEC_KEYS) + (
-    "train.epochs", "train.batch_size", "train.lr", "train.scheduler", "train.step_size", "train.gamma",
-    "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
-    "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
-    "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
-    "train.label_smoothing", "train.ema", "train.weight_decay",
-)
-TRAIN_RUNTIME_KEYS = ("train.device", "train.threads")
 
 
 def model_spec(cfg: Mapping[str, Any]) -> ModelSpec:
