@@ -282,3 +282,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{p}: top level must be a mapping of sections (allowed: "
                           f"{', '.join(sorted({k.split('.')[0] for k in SCHEMA}))})")
     return from_values(_flatten(tree), name=p.stem, path=str(p))
+
+
+def allowed(key: Key) -> str:
+    """The values a key accepts, worded as in the loader's `(allowed: ...)` messages."""
+    return _fmt_allowed(key)
