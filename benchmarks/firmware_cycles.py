@@ -36,7 +36,7 @@ from pipeline.stage import summary
 from pipeline.stages import export
 from pipeline.stages.data import test_set
 
-BITNETMCU = {  # ../shared/reference: measured on boards at 48 MHz
+BITNETMCU = {  # BitNetMCU's README: measured on boards at 48 MHz
     "default": "BitNetMCU 64/64/64 4bitsym on CH32V003: 653,965 cycles (kernel in SRAM), 903,209 (flash); "
                "on CH32V002 with mul 508,605",
     "fp130": "BitNetMCU FP130 on CH32V003: about 488,000 cycles (10.17 ms)",

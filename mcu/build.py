@@ -12,7 +12,7 @@ multiply or divide helper.
 
 mcu.kernels: sram renames the kernels' sections (SRAM_KERNELS, the loops over the weights) to
 .ramfunc.<name>, which link.ld loads in flash and start.S copies to SRAM: code fetched from SRAM
-runs without the flash wait state (../shared/reference/ch32v003.md).
+runs without the flash wait state (WCH's CH32V003 reference manual, FLASH_ACTLR).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Cycle model of the QingKe V2A (CH32V003) and V2C (CH32V002/V006) cores at 48 MHz.
 
-Applied to an exact instruction trace, per-instruction-class costs (../shared/reference/ch32v003.md,
-"A cycle model that matches the published hardware figures") reproduce BitNetMCU's 16 published
-hardware timings to about 4% rms, worst 9%; the same source puts the floor of any such model at about
+Applied to an exact instruction trace, per-instruction-class costs (from the QingKe V2 core's
+documented timings and flash wait states) reproduce BitNetMCU's 16 published hardware timings (its
+README's tables) to about 4% rms, worst 9%; the floor of any such model is about
 5%, because the same engine built by slightly different GCC versions differs that much in instruction
 count. Expect our estimates to be within about 5-10% of a real board.
 

@@ -221,18 +221,18 @@ def _check(key: Key, v: Any) -> tuple[Any, str | None]:
     return _check_scalar(key, v, key.kind)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
         name = f"{prefix}{k}"
         if isinstance(v, dict) and name not in SCHEMA:
-            out.update(_flatten(v, name + "."))
+            out.update(flatten(v, name + "."))
         else:
             out[name] = v
     return out
 
 
-def _closest(name: str) -> str:
+def closest(name: str) -> str:
     names = list(SCHEMA)
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
     if not close:  # a right leaf in the wrong section, e.g. `train.image_size`
@@ -249,7 +249,7 @@ def from_values(raw: Mapping[str, Any], name: str = "inline", path: str = "<inli
     values: dict[str, Any] = {}
     for k, v in raw.items():
         if k not in SCHEMA:
-            problems.append(f"{path}: {k}: unknown key (did you mean {_closest(k)}?)")
+            problems.append(f"{path}: {k}: unknown key (did you mean {closest(k)}?)")
             continue
         key = SCHEMA[k]
         v, problem = _check(key, v)
@@ -281,7 +281,7 @@ def load(path: str | Path) -> Config:
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections (allowed: "
                           f"{', '.join(sorted({k.split('.')[0] for k in SCHEMA}))})")
-    return from_values(_flatten(tree), name=p.stem, path=str(p))
+    return from_values(flatten(tree), name=p.stem, path=str(p))
 
 
 def allowed(key: Key) -> str:

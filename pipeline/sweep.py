@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,10 @@ import yaml
 
 from pipeline import config
 from pipeline.config import ConfigError
+from pipeline.stage import summary
 
 SWEEP_KEYS = ("base", "stage", "grid", "runs")
-# BitNetMCU's published points (../shared/reference/bitnetmcu.md): (label, model size in bytes, test accuracy).
+# BitNetMCU's published points (its README's model tables): (label, model size in bytes, test accuracy).
 # Sizes are its kB figures (1 kB = 1024 B, as rounded in its tables), so they carry +-50 B.
 BITNETMCU_POINTS = (
     ("FC 16/16 2bitsym", 1.1 * 1024, 0.9422),
@@ -68,10 +68,10 @@ def is_sweep(path: str | Path) -> bool:
 def _point_values(where: str, point: Any) -> dict[str, Any]:
     if not isinstance(point, dict) or not point:
         raise ConfigError(f"{where}: must be a non-empty mapping of dotted config keys to values; got {point!r}")
-    flat = config._flatten(point)
+    flat = config.flatten(point)
     unknown = [k for k in flat if k not in config.SCHEMA]
     if unknown:
-        raise ConfigError("\n".join(f"{where}: {k}: unknown key (did you mean {config._closest(k)}?)"
+        raise ConfigError("\n".join(f"{where}: {k}: unknown key (did you mean {config.closest(k)}?)"
                                     for k in unknown))
     return flat
 
@@ -93,7 +93,7 @@ def load(path: str | Path, out_dir: Path, stages: tuple[str, ...], threads: int 
     base: dict[str, Any] = {}
     if spec.get("base") is not None:
         base = dict(config.load(spec["base"]).values)
-    common = config._flatten(tree)
+    common = config.flatten(tree)
     config.from_values({**base, **common}, name=p.stem, path=str(p))  # report problems of the shared part once
 
     grid = spec.get("grid") or {}
@@ -140,8 +140,8 @@ def _describe(point: Mapping[str, Any]) -> str:
 
 
 def _summary(runs_dir: Path, run: str, stage: str) -> dict[str, Any] | None:
-    f = runs_dir / run / stage / "summary.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+    entry = runs_dir / run / stage
+    return summary(entry) if entry.is_dir() else None
 
 
 def pareto(rows: list[dict[str, Any]]) -> set[str]:
@@ -171,7 +171,7 @@ def collect(sweep: Sweep, store_root: Path) -> list[dict[str, Any]]:
             "accuracy": float(train["test_accuracy_int"]),
             "flash_bytes": int(export["flash_bytes"]), "weights": int(export["weights"]),
             "verified": None if verify is None else all(v == 0 for v in verify["mismatches"].values()),
-            "cycles": None if emulate is None else emulate.get("cycles_mean"),
+            "cycles": None if emulate is None else emulate["cycles"]["mean"],
         })
     front = pareto(rows)
     for r in rows:

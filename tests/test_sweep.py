@@ -106,3 +106,17 @@ def test_module_lists_run_configs_for_other_schedulers(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(ROOT / "configs/tiny.yaml")], cwd=ROOT,
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a sweep file" in bad.stderr
+
+
+def test_collect_reads_each_runs_figures_including_cycles(tmp_path):
+    import json
+    p = write(tmp_path, f"sweep:\n  base: {ROOT / 'configs/tiny.yaml'}\n  grid:\n    train.seed: [0, 1]\n")
+    sw = sweep.load(p, tmp_path / "out", STAGE_NAMES)
+    figures = {"train": {"test_accuracy_int": 0.5}, "export": {"flash_bytes": 860, "weights": 1440},
+               "verify": {"mismatches": {"torch_vs_c": 0}}, "emulate": {"cycles": {"mean": 22331.0}}}
+    for stage, fig in figures.items():         # the first run finished everything, the second nothing
+        (tmp_path / "runs" / "sw-00" / stage).mkdir(parents=True)
+        (tmp_path / "runs" / "sw-00" / stage / "summary.json").write_text(json.dumps(fig))
+    rows = sweep.collect(sw, tmp_path)
+    assert [(r["run"], r["accuracy"], r["flash_bytes"], r["verified"], r["cycles"]) for r in rows] == [
+        ("sw-00", 0.5, 860, True, 22331.0)]

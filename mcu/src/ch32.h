@@ -1,6 +1,6 @@
 /* ch32.h: the few CH32V003 / CH32V002 registers the bitmcu firmware touches, and its runtime API.
 
-   Addresses and bits from ../shared/reference/ch32v003.md (WCH reference manual). Only standard
+   Addresses and bits from WCH's CH32V003 reference manual. Only standard
    CSRs (mstatus, mtvec, mepc, mcause) are used, no QingKe-specific ones, so the unicorn
    emulator (mcu/emulator.py) runs the same binary.
 */
