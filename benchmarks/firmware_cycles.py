@@ -67,8 +67,8 @@ def conv_macs(model: PackedModel) -> int:
     return macs
 
 
-def emulate(fw: Firmware, header: str, images: np.ndarray, labels: np.ndarray, kernels: int, tmp: str):
-    b = build(fw, header, Path(tmp), images, labels, gate=False, engine_options=[f"BM_CFG_KERNELS={kernels}"])
+def emulate(fw: Firmware, model: PackedModel, images: np.ndarray, labels: np.ndarray, kernels: int, tmp: str):
+    b = build(fw, model, Path(tmp), images, labels, gate=False, engine_options=[f"BM_CFG_KERNELS={kernels}"])
     b.check()
     emu = Emulator(b.elf, fw.target, profile=True)
     assert emu.run() == "halt", bytes(emu.tx)
@@ -88,7 +88,7 @@ for preset in args.presets:
                       capture_output=True, text=True).returncode != 0:
         print(f"{preset}: could not build its export stage (`./run doit cfg=configs/{preset}.yaml export`)")
         continue
-    header, model = export.header(run / "export"), export.model(run / "export")
+    model = export.model(run / "export")
     weights = summary(run / "export")["weights"]
     cnn = model.kind == "cnn"
     n_img = args.cnn_images if cnn else args.images
@@ -104,7 +104,7 @@ for preset in args.presets:
         with tempfile.TemporaryDirectory() as tmp:
             fw = Firmware(target=target, kernels=place, where=f"benchmark {preset}")
             try:
-                b, emu = emulate(fw, header, images, labels, kernels, tmp)
+                b, emu = emulate(fw, model, images, labels, kernels, tmp)
             except FirmwareError as e:
                 print(f"   {target:9} {name:10} {place:7} does not fit: {str(e).splitlines()[0]}")
                 continue
@@ -124,7 +124,7 @@ for preset in args.presets:
         with tempfile.TemporaryDirectory() as tmp:
             fw = Firmware(target=cfg["mcu.target"], kernels=place, where=f"benchmark {preset}")
             try:
-                b, emu = emulate(fw, header, images[[0, 0]], labels[[0, 0]], kernels, tmp)
+                b, emu = emulate(fw, model, images[[0, 0]], labels[[0, 0]], kernels, tmp)
             except FirmwareError as e:
                 print(f"   {cfg['mcu.target']:9} {name:10} {place:7} does not fit: {str(e).splitlines()[0]}")
                 continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mcu.build import Firmware, build, build_demo
 from pipeline.stages.data import test_set
-from pipeline.stages.export import header as model_header
+from pipeline.stages.export import model as exported_model
 
 
 def run(ctx) -> dict:
@@ -17,12 +17,12 @@ def run(ctx) -> dict:
     fw = Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
                   segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
                   where=f"config of stage {ctx.stage.name}")
-    header = model_header(ctx.input("export"))
+    model = exported_model(ctx.input("export"))
     if fw.mode == "demo":
         images, labels = test_set(ctx.input("data"))
-        b = build_demo(fw, header, ctx.out, images, labels, cfg["mcu.demo_images"])
+        b = build_demo(fw, model, ctx.out, images, labels, cfg["mcu.demo_images"])
     else:
-        b = build(fw, header, ctx.out)
+        b = build(fw, model, ctx.out)
     s = b.summary(ctx.out)
     ctx.log(f"{fw.target} {fw.mode}, kernels in {fw.kernels}: flash {s['flash_used']} of {s['flash_limit']} B, "
             f"RAM {s['ram_used']} of {s['ram_limit']} B (stack bound {s['stack_bound']} B), "

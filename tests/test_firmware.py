@@ -23,7 +23,7 @@ from mcu.monitor import PortError, find_port
 from mcu.protocol import ErrorCode, Garbled, Parser, Pong, Result, Type
 from pipeline import config
 from contract.spec import ModelSpec
-from contract.model import from_export
+from contract.model import PackedModel, from_export, save
 from tests.strategies import random_model
 
 from .conftest import ROOT
@@ -33,13 +33,13 @@ needs_rv = pytest.mark.skipif(shutil.which("riscv64-unknown-elf-gcc") is None,
 TINY = ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("4bitsym",))
 
 
-def header_of(spec: ModelSpec, seed: int = 1) -> str:
-    return render_header(from_export(random_model(spec, seed).export_model()))
+def model_of(spec: ModelSpec, seed: int = 1) -> PackedModel:
+    return from_export(random_model(spec, seed).export_model())
 
 
 @pytest.fixture(scope="module")
-def tiny_header() -> str:
-    return header_of(TINY)
+def tiny_model() -> str:
+    return model_of(TINY)
 
 
 def pixels(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +57,9 @@ def elf_symbols(elf: Path) -> dict[str, int]:
 @needs_rv
 @pytest.mark.parametrize("target", ["ch32v003", "ch32v002"])
 @pytest.mark.parametrize("kernels", ["sram", "flash"])
-def test_demo_builds_for_each_target_and_placement(tmp_path, tiny_header, target, kernels):
+def test_demo_builds_for_each_target_and_placement(tmp_path, tiny_model, target, kernels):
     images, labels = pixels(3, 8)
-    b = build(Firmware(target=target, kernels=kernels), tiny_header, tmp_path, images, labels)
+    b = build(Firmware(target=target, kernels=kernels), tiny_model, tmp_path, images, labels)
     for name in ("firmware.elf", "firmware.bin", "firmware.map", "firmware.lst"):
         assert (tmp_path / name).is_file(), name
     assert b.sizes.flash_used == (tmp_path / "firmware.bin").stat().st_size
@@ -77,25 +77,25 @@ def test_demo_builds_for_each_target_and_placement(tmp_path, tiny_header, target
 
 
 @needs_rv
-def test_as_many_images_as_fit(tmp_path, tiny_header):
+def test_as_many_images_as_fit(tmp_path, tiny_model):
     images, labels = pixels(400, 8)
-    b = build_demo(Firmware(), tiny_header, tmp_path, images, labels, count=0)
+    b = build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=0)
     assert b.sizes.flash_used <= 16384 < b.sizes.flash_used + b.image_bytes + 4   # one more would not fit
     assert b.images > 1 and b.image_bytes == 65
 
 
 @needs_rv
-def test_demo_image_count_is_honoured_or_refused(tmp_path, tiny_header):
+def test_demo_image_count_is_honoured_or_refused(tmp_path, tiny_model):
     images, labels = pixels(5, 8)
-    assert build_demo(Firmware(), tiny_header, tmp_path, images, labels, count=2).images == 2
+    assert build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=2).images == 2
     with pytest.raises(FirmwareError, match="mcu.demo_images: 9 requested, the test set has 5"):
-        build_demo(Firmware(), tiny_header, tmp_path, images, labels, count=9)
+        build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=9)
 
 
 @needs_rv
-def test_serial_build_drives_the_segment_pins(tmp_path, tiny_header):
+def test_serial_build_drives_the_segment_pins(tmp_path, tiny_model):
     pins = ("PC0", "PC1", "PC2", "PC3", "PC4", "PD2", "PA1", "PD4")
-    b = build(Firmware(mode="serial", segment_pins=pins, segment_active_low=True), tiny_header, tmp_path)
+    b = build(Firmware(mode="serial", segment_pins=pins, segment_active_low=True), tiny_model, tmp_path)
     cfg = (tmp_path / "build" / "fw_config.h").read_text()
     assert "#define FW_SEG_PINS {16, 17, 18, 19, 20, 26, 1, 28}" in cfg and "#define FW_SEG_ACTIVE_LOW 1" in cfg
     assert "seg_write" in (tmp_path / "firmware.lst").read_text() and "fw_getc" in elf_symbols(b.elf)
@@ -108,9 +108,9 @@ def test_serial_build_drives_the_segment_pins(tmp_path, tiny_header):
     (("PC0", "PC1", "PC2"), r"needs 7 pins \(segments a..g\) or 8 \(a..g, dp\); got 3"),
     (("PC0", "PC1", "PC2", "PC3", "PC4", "PC5", "PC5"), "a pin is listed twice"),
 ])
-def test_segment_pins_are_checked(tmp_path, tiny_header, pins, msg):
+def test_segment_pins_are_checked(tmp_path, tiny_model, pins, msg):
     with pytest.raises(FirmwareError, match=msg):
-        build(Firmware(mode="serial", segment_pins=pins), tiny_header, tmp_path)
+        build(Firmware(mode="serial", segment_pins=pins), tiny_model, tmp_path)
 
 
 def test_config_rejects_unknown_pin_names():
@@ -122,7 +122,7 @@ def test_config_rejects_unknown_pin_names():
 
 @needs_rv
 def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
-    big = header_of(ModelSpec(kind="fc", image_size=16, widths=(160, 16), formats=("4bitsym",)))  # 20 KB
+    big = model_of(ModelSpec(kind="fc", image_size=16, widths=(160, 16), formats=("4bitsym",)))  # 20 KB
     images, labels = pixels(1, 16)
     with pytest.raises(FirmwareError) as e:
         build(Firmware(where="configs/big.yaml"), big, tmp_path, images, labels)
@@ -137,7 +137,7 @@ def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
 @needs_rv
 def test_ram_gate_suggests_flash_kernels_and_v002_fits(tmp_path):
     # 400 binary units: 3.3 KB of weights but 2 KB of buffers
-    wide = header_of(ModelSpec(kind="fc", image_size=8, widths=(400, 16), formats=("binary",)))
+    wide = model_of(ModelSpec(kind="fc", image_size=8, widths=(400, 16), formats=("binary",)))
     with pytest.raises(FirmwareError) as e:
         build(Firmware(mode="serial"), wide, tmp_path / "a")
     msg = str(e.value)
@@ -169,8 +169,8 @@ def test_call_graph_of_a_real_build_sees_pointers(tmp_path):
     """Several formats: the engine calls kernels through pointers; their targets come from the relocations."""
     from tests.strategies import MODEL_SPECS
 
-    header = header_of(MODEL_SPECS[1])                     # binary, ternary, 2bitsym, fp130, per_output
-    b = build(Firmware(mode="serial", kernels="flash"), header, tmp_path)
+    model = model_of(MODEL_SPECS[1])                      # binary, ternary, 2bitsym, fp130, per_output
+    b = build(Firmware(mode="serial", kernels="flash"), model, tmp_path)
     prog = b.prog
     callers = [n for n, f in prog.funcs.items() if f.indirect]
     assert callers and "fw_fault" in prog.taken               # the vector table's entries are addresses too
@@ -219,8 +219,8 @@ def test_scan_catches_a_variable_multiply_or_divide(tmp_path, target, op, found)
 @needs_rv
 def test_scan_sees_the_multiply_of_an_8bit_layer_in_a_v002_build(tmp_path):
     """The real build's scan roots cover the engine: an 8bit layer on the V002 has mul, which the scan sees."""
-    header = header_of(ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("8bit",)))
-    b = build(Firmware(target="ch32v002", mode="serial"), header, tmp_path)
+    model = model_of(ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("8bit",)))
+    b = build(Firmware(target="ch32v002", mode="serial"), model, tmp_path)
     assert b.scan == "not applicable"
     with pytest.raises(FirmwareError, match=r"no-multiply scan: bm_\w+ at 0x[0-9a-f]+: `mul "):
         no_multiply_scan(b.prog, b.engine_funcs, "ch32v002 as if it were a ch32v003")
@@ -229,7 +229,7 @@ def test_scan_sees_the_multiply_of_an_8bit_layer_in_a_v002_build(tmp_path):
 # ---- the firmware stage ------------------------------------------------------------------------------------
 
 @needs_rv
-def test_firmware_stage_summary(tmp_path, tiny_header):
+def test_firmware_stage_summary(tmp_path, tiny_model):
     from pipeline.firmware import run
     from pipeline.graph import STAGES
     from pipeline.stage import Context, StageConfig
@@ -242,7 +242,7 @@ def test_firmware_stage_summary(tmp_path, tiny_header):
     images, labels = pixels(20, 8)
     np.save(data / data_stage.TEST_IMAGES, images)
     np.save(data / data_stage.TEST_LABELS, labels)
-    (export / export_stage.HEADER).write_text(tiny_header)
+    save(tiny_model, export / export_stage.MODEL)
     stage = next(s for s in STAGES if s.name == "firmware")
     cfg = config.from_values({"data.image_size": 8, "model.widths": [16, 12], "mcu.demo_images": 4})
     summary = run(Context(stage, StageConfig(stage, cfg), "k" * 24, out, tmp_path / "work",
@@ -425,24 +425,24 @@ def _emulator(elf: Path, target: str):
     return pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present").Emulator(elf, target)
 
 
-def _c_engine(header: str, images: np.ndarray, tmp_path: Path) -> dict:
+def _c_engine(model: PackedModel, images: np.ndarray, tmp_path: Path) -> dict:
     from engine.build import build_library, load_library, run_c
 
-    return run_c(load_library(build_library(header, tmp_path / "lib")), images, trace=False)
+    return run_c(load_library(build_library(render_header(model), tmp_path / "lib")), images, trace=False)
 
 
 @needs_rv
 @pytest.mark.parametrize("target, kernels", [("ch32v003", "sram"), ("ch32v002", "flash")])
-def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_header, target, kernels):
+def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_model, target, kernels):
     images, labels = pixels(6, 8, seed=5)
-    b = build(Firmware(target=target, kernels=kernels), tiny_header, tmp_path, images, labels)
+    b = build(Firmware(target=target, kernels=kernels), tiny_model, tmp_path, images, labels)
     emu = _emulator(b.elf, target)
     assert emu.run() == "halt"
     lines = bytes(emu.tx).decode("ascii").split("\r\n")
     assert lines[0] == f"bitmcu demo target={target} images=6 kernels={kernels}" and lines[-1] == ""
     rows = [re.fullmatch(r"img (\d+) pred (\d+) label (\d+) cycles (\d+)", line) for line in lines[1:7]]
     assert all(rows), lines
-    want = _c_engine(tiny_header, images, tmp_path)["preds"]
+    want = _c_engine(tiny_model, images, tmp_path)["preds"]
     assert [int(r.group(1)) for r in rows] == list(range(6))
     assert [int(r.group(2)) for r in rows] == want.tolist()
     assert [int(r.group(3)) for r in rows] == labels.tolist()
@@ -453,8 +453,8 @@ def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_header, 
 
 
 @needs_rv
-def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_header):
-    b = build(Firmware(target="ch32v003", mode="serial"), tiny_header, tmp_path)
+def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_model):
+    b = build(Firmware(target="ch32v003", mode="serial"), tiny_model, tmp_path)
     emu, parser = _emulator(b.elf, "ch32v003"), Parser()
     assert emu.run() == "idle" and bytes(emu.tx) == b""                  # silent until a frame arrives
     seen = 0
@@ -468,7 +468,7 @@ def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_header):
         return got
 
     images, _ = pixels(2, 8, seed=9)
-    want = _c_engine(tiny_header, images, tmp_path)
+    want = _c_engine(tiny_model, images, tmp_path)
     assert send(protocol.ping_frame()) == [Pong(8, 10, "ch32v003")]
     for i in range(2):
         got = send(b"\x00\x4d\xb5\x13" + protocol.image_frame(images[i]))   # noise first: skipped
@@ -491,17 +491,17 @@ def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_header):
 
 
 @needs_rv
-def test_send_command_against_the_emulator(tmp_path, tiny_header, capsys):
+def test_send_command_against_the_emulator(tmp_path, tiny_model, capsys):
     pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
     from PIL import Image
 
     from pipeline.send import main
 
-    b = build(Firmware(target="ch32v002", mode="serial"), tiny_header, tmp_path)
+    b = build(Firmware(target="ch32v002", mode="serial"), tiny_model, tmp_path)
     (tmp_path / "summary.json").write_text(json.dumps(b.summary(tmp_path)))
     img = pixels(1, 8, seed=2)[0][0]
     Image.fromarray(img).save(tmp_path / "x.png")
-    want = _c_engine(tiny_header, img[None], tmp_path)
+    want = _c_engine(tiny_model, img[None], tmp_path)
     assert main(["--emulator", str(tmp_path), str(tmp_path / "x.png")]) == 0
     out = capsys.readouterr().out
     assert "firmware: ch32v002, 8x8 images, 10 classes" in out
@@ -511,19 +511,19 @@ def test_send_command_against_the_emulator(tmp_path, tiny_header, capsys):
 
 
 @needs_rv
-def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(tmp_path, tiny_header):
+def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(tmp_path, tiny_model):
     pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
     from engine.build import build_library, load_library, run_c
     from mcu.emulator import Emulator
     from pipeline.emulate import EmulateError, _demo
 
     images, labels = pixels(4, 8, seed=3)
-    b = build(Firmware(target="ch32v003"), tiny_header, tmp_path / "fw", images, labels)
+    b = build(Firmware(target="ch32v003"), tiny_model, tmp_path / "fw", images, labels)
     fw = b.summary(tmp_path / "fw")
-    same = load_library(build_library(tiny_header, tmp_path / "same"))
+    same = load_library(build_library(render_header(tiny_model), tmp_path / "same"))
     res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same)
     assert res["images"] == 4 and res["instructions"]["min"] > 1000 and res["cycles"]["min"] > res["instructions"]["min"]
-    other = load_library(build_library(header_of(TINY, seed=7), tmp_path / "other"))
+    other = load_library(build_library(render_header(model_of(TINY, seed=7)), tmp_path / "other"))
     if (run_c(other, images, trace=False)["preds"] == run_c(same, images, trace=False)["preds"]).all():
         pytest.skip("the two random models happen to agree on these images")
     with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
@@ -546,14 +546,14 @@ def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
 
     spec = ModelSpec(kind="cnn", image_size=12, cnn_channels=3, widths=(6,), formats=CNN_FORMATS[target],
                      scaling="per_output")
-    header = header_of(spec, seed=4)
+    model = model_of(spec, seed=4)
     kernels = "flash" if target == "ch32v003" else "sram"    # 2 KB of RAM: the SRAM kernels do not fit with a CNN
-    b = build(Firmware(target=target, mode="serial", kernels=kernels), header, tmp_path)
+    b = build(Firmware(target=target, mode="serial", kernels=kernels), model, tmp_path)
     assert b.scan == ("passed" if target == "ch32v003" else "not applicable")
     assert ({"bm__conv_q", "bm__conv_pool"} <= set(b.sram_functions)) == (kernels == "sram")
     images, labels = pixels(5, 12, seed=9)
     images[0] = 0
     images = np.concatenate([images, images[:1], images[::-1], images[2:3]])
-    lib = load_library(build_library(header, tmp_path / "lib"))
+    lib = load_library(build_library(render_header(model), tmp_path / "lib"))
     res = _serial(_emulator(b.elf, target), images, np.resize(labels, len(images)), lib)   # raises on a difference
     assert res["images"] == len(images)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mcu.build import BIN, ELF, LISTING, MAP
 from pipeline.stage import ROOT, Stage, summary
 
 # firmware sources enter the stage's key (mcu/build.py and friends are found by import)
 MCU_SOURCES = tuple(sorted(f"mcu/src/{p.name}" for p in (ROOT / "mcu" / "src").iterdir() if p.is_file()))
-ELF, BIN = "firmware.elf", "firmware.bin"
 
 STAGE = Stage(
     name="firmware",
@@ -16,7 +16,7 @@ STAGE = Stage(
     keys=("mcu.target", "mcu.mode", "mcu.demo_images", "mcu.kernels", "mcu.segment_pins",
           "mcu.segment_active_low"),
     inputs=("data", "export"),
-    outputs=(ELF, BIN, "firmware.map", "firmware.lst", "build/*"),  # build/: generated sources, objects
+    outputs=(ELF, BIN, MAP, LISTING, "build/*"),  # build/: generated sources, objects
     extra_sources=(*MCU_SOURCES, "engine/bitmcu.c", "engine/bitmcu.h"),
 )
 
