@@ -16,8 +16,11 @@ import yaml
 
 from contract.chips import CHIP_NAMES, CHIPS
 from contract.errors import UserError
-from contract.formats import FORMAT_NAMES
+from contract.formats import FORMAT_NAMES, FORMATS
 from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALINGS, model_problems
+
+
+MNIST_TRAIN = 60000                # training images in MNIST
 
 
 class ConfigError(UserError):
@@ -83,7 +86,7 @@ _KEYS: list[Key] = [
     Key("train.restart_period", "int", 10, "epochs of the first cycle (scheduler: cosine_restarts)", lo=1, hi=10000),
     Key("train.restart_mult", "int", 1, "cycle length factor (scheduler: cosine_restarts)", lo=1, hi=16),
     Key("train.seed", "int", 0, "seed of initialization, shuffling and augmentation", lo=0, hi=2**31 - 1),
-    Key("train.train_limit", "int", 0, "use only the first N training images; 0 = all 60,000", lo=0, hi=60000),
+    Key("train.train_limit", "int", 0, "use only the first N training images; 0 = all 60,000", lo=0, hi=MNIST_TRAIN),
     Key("train.augment", "bool", True, "add augmented copies of the training set each epoch"),
     Key("train.aug_copies", "int", 1, "augmented copies per epoch (1 = BitNetMCU's 120k samples)", lo=1, hi=16),
     Key("train.rotation_deg", "float", 20.0, "max |rotation| in degrees", lo=0.0, hi=180.0),
@@ -137,7 +140,38 @@ def _scale_range(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [model_problems, _scale_range]
+def _steps_per_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    copies = 1 + (v["train.aug_copies"] if v["train.augment"] else 0)
+    samples = (v["train.train_limit"] or MNIST_TRAIN) * copies
+    if v["train.batch_size"] > samples and v["import.src"] is None:
+        return [("train.batch_size", f"{v['train.batch_size']} is larger than the {samples} samples of an epoch "
+                 f"({v['train.train_limit'] or MNIST_TRAIN} images x {copies} copies): no optimizer step would "
+                 f"run (allowed: at most {samples}, or a larger train.train_limit)")]
+    return []
+
+
+def _prune_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if v["prune.keep"] and v["prune.epoch"] > v["train.epochs"]:
+        return [("prune.epoch", f"{v['prune.epoch']} is after the last epoch (train.epochs {v['train.epochs']}), so "
+                 f"pruning would never happen (allowed: 1 to {v['train.epochs']}, or prune.keep: 0)")]
+    return []
+
+
+def _chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    chip = CHIPS[v["mcu.target"]]
+    if chip.multiplier:
+        return []
+    bad = sorted({f for f in v["quant.formats"] if f != "none" and not FORMATS[f].multiplier_free})
+    if not bad:
+        return []
+    free = ", ".join(n for n, f in FORMATS.items() if f.multiplier_free)
+    with_mul = ", ".join(c.name for c in CHIPS.values() if c.multiplier)
+    return [("quant.formats", f"{', '.join(bad)} need a multiply instruction, which mcu.target {chip.name} lacks "
+             f"(allowed: {free}; or mcu.target: {with_mul})")]
+
+
+RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [
+    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, _chip_formats]
 
 
 @dataclass(frozen=True)
@@ -157,7 +191,8 @@ class Config:
         return from_values(merged, name=self.name, path=self.path)
 
 
-def _fmt_allowed(key: Key) -> str:
+def allowed(key: Key) -> str:
+    """The values a key accepts, worded as in the loader's `(allowed: ...)` messages."""
     if key.choices is not None:
         return ", ".join(str(c) for c in key.choices)
     if key.kind == "bool":
@@ -183,6 +218,9 @@ def _check_scalar(key: Key, v: Any, kind: str) -> tuple[Any, str | None]:
         if isinstance(v, bool) or not isinstance(v, int):
             return v, f"must be an integer; got {v!r}"
     elif kind == "float":
+        if isinstance(v, str) and _number(v):
+            return v, (f"must be a number; got the string {v!r}: YAML reads an exponent without a decimal point "
+                       f"as text, write {_number(v)}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return v, f"must be a number; got {v!r}"
         v = float(v)
@@ -221,10 +259,27 @@ def _check(key: Key, v: Any) -> tuple[Any, str | None]:
     return _check_scalar(key, v, key.kind)
 
 
+def _number(text: str) -> str:
+    """For a string Python reads as a number, the same number as YAML reads a float (a decimal point and a
+    signed exponent: 5e-3 -> 5.0e-3); '' for any other string."""
+    try:
+        mant, exp = f"{float(text):.6e}".split("e")
+    except ValueError:
+        return ""
+    mant = mant.rstrip("0")
+    return f"{mant}{'0' if mant.endswith('.') else ''}e{int(exp):+d}"
+
+
+SECTIONS = frozenset(k.split(".")[0] for k in SCHEMA)
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Sections of a preset -> dotted keys; a section left empty (every key commented out) sets none."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         name = f"{prefix}{k}"
+        if v is None and not prefix and name in SECTIONS:
+            continue
         if isinstance(v, dict) and name not in SCHEMA:
             out.update(flatten(v, name + "."))
         else:
@@ -254,7 +309,7 @@ def from_values(raw: Mapping[str, Any], name: str = "inline", path: str = "<inli
         key = SCHEMA[k]
         v, problem = _check(key, v)
         if problem:
-            problems.append(f"{path}: {k}: {problem} (allowed: {_fmt_allowed(key)})")
+            problems.append(f"{path}: {k}: {problem} (allowed: {allowed(key)})")
         values[k] = v
     if not problems:
         for key in SCHEMA.values():
@@ -273,17 +328,26 @@ def load(path: str | Path) -> Config:
         presets = sorted(x.name for x in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
         raise ConfigError(f"{p}: config file not found (presets: {', '.join(presets) or 'none'})")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8 text; save the "
+                          "file as UTF-8") from None
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise ConfigError(f"{p}: {where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if tree is None:
+        raise ConfigError(f"{p}: the file is empty (no sections); give at least one key, e.g. `data: "
+                          "{image_size: 16}`, or use configs/default.yaml for every default")
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections (allowed: "
                           f"{', '.join(sorted({k.split('.')[0] for k in SCHEMA}))})")
     return from_values(flatten(tree), name=p.stem, path=str(p))
 
 
-def allowed(key: Key) -> str:
-    """The values a key accepts, worded as in the loader's `(allowed: ...)` messages."""
-    return _fmt_allowed(key)

@@ -12,27 +12,16 @@ import numpy as np
 
 from contract import model as packed
 from contract.chips import CHIPS
-from contract.errors import UserError
 from contract.formats import FORMATS
 from engine.header import layout, render_header
 from pipeline.stages import export as stage
 from pipeline.stages.train import trained_model
 
 
-class ExportError(UserError):
-    pass
-
-
 def packed_model(train_dir, target: str) -> packed.PackedModel:
-    """The packed model of a trained model, checked against the target chip."""
+    """The packed model of a trained model for the target chip (the config check has proven that the chip
+    runs its formats)."""
     model = packed.from_export(trained_model(train_dir).export_model())
-    if not CHIPS[target].multiplier:
-        bad = [f"{lay.name} ({lay.format})" for lay in model.layers if not FORMATS[lay.format].multiplier_free]
-        if bad:
-            free = ", ".join(n for n, f in FORMATS.items() if f.multiplier_free)
-            with_mul = ", ".join(c.name for c in CHIPS.values() if c.multiplier)
-            raise ExportError(f"mcu.target: {target} has no multiply instruction, but layers "
-                              f"{', '.join(bad)} need one (allowed formats: {free}; or mcu.target: {with_mul})")
     model.target = target
     model.sizes = layout(model)
     return model

@@ -103,3 +103,41 @@ def test_unsupported_combinations(tmp_path):
     assert "model.widths: [64] has 1 entries" in _error(tmp_path, "model:\n  widths: [64]\n")
     assert "train.scale_min: 1.2 is above train.scale_max 1.1" in _error(tmp_path, "train:\n  scale_min: 1.2\n")
     assert "prune.keep: 100 is out of range" in _error(tmp_path, "prune:\n  keep: 100\n")
+
+
+def test_multiplier_format_refused_for_ch32v003_before_training():
+    with pytest.raises(config.ConfigError, match=r"quant.formats: 8bit need a multiply instruction, which "
+                                                 r"mcu.target ch32v003 lacks \(allowed: .*; or mcu.target: ch32v002\)"):
+        config.load(ROOT / 'configs' / 'tiny.yaml').replace(**{"quant.formats": ["8bit"]})
+    assert config.load(ROOT / 'configs' / 'tiny.yaml').replace(**{"quant.formats": ["8bit"], "mcu.target": "ch32v002"})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  batch_size: 4096\n  train_limit: 1024\n",
+     "train.batch_size: 4096 is larger than the 2048 samples of an epoch (1024 images x 2 copies)"),
+    ("  batch_size: 128\n  train_limit: 5\n",
+     "train.batch_size: 128 is larger than the 10 samples of an epoch (5 images x 2 copies)"),
+    ("  lr: 5e-3\n", "train.lr: must be a number; got the string '5e-3': YAML reads an exponent without a "
+     "decimal point as text, write 5.0e-3"),
+])
+def test_training_for_nothing_is_refused(tmp_path, extra, message):
+    assert message in _error(tmp_path, "train:\n  epochs: 1\n" + extra)
+
+
+def test_pruning_after_the_last_epoch_is_refused(tmp_path):
+    msg = _error(tmp_path, "train: {epochs: 5}\nprune: {keep: 8, epoch: 9}\n")
+    assert "prune.epoch: 9 is after the last epoch (train.epochs 5), so pruning would never happen" in msg
+    assert _load(tmp_path, "train: {epochs: 5}\nprune: {keep: 0, epoch: 9}\n")["prune.epoch"] == 9
+
+
+def test_empty_file_and_empty_section(tmp_path):
+    assert "the file is empty (no sections)" in _error(tmp_path, "# nothing here\n")
+    cfg = _load(tmp_path, "data:\n  image_size: 8\nmcu:\n  # target: ch32v002\n")
+    assert cfg["mcu.target"] == SCHEMA["mcu.target"].default
+
+
+def test_non_utf8_file_names_the_byte(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("# caf\xe9\ndata: {image_size: 8}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: byte 0xe9 at offset 5 is not UTF-8 text"):
+        config.load(p)

@@ -64,25 +64,6 @@ def test_export_is_deterministic_and_self_describing(tiny_store, tmp_path):
     assert outs[0]["model.h"] == (entry(tiny_store, "export") / "model.h").read_bytes()
 
 
-def test_multiplier_format_refused_for_ch32v003(tiny_store, monkeypatch):
-    real = export.trained_model
-
-    def as_8bit(train_dir):
-        m = real(train_dir)
-        orig = m.export_model
-
-        def patched():
-            d = orig()
-            d["layers"][0]["format"] = "8bit"
-            return d
-        m.export_model = patched
-        return m
-    monkeypatch.setattr(export, "trained_model", as_8bit)
-    with pytest.raises(export.ExportError, match=r"mcu.target: ch32v003 has no multiply instruction, but "
-                                                  r"layers fc1 \(8bit\) need one"):
-        export.packed_model(entry(tiny_store, "train"), "ch32v003")
-
-
 def _engines(tiny_store):
     pixels = test_set(entry(tiny_store, "data"))[0][:300]
     model = trained_model(entry(tiny_store, "train"))
