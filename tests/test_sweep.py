@@ -71,7 +71,8 @@ def test_not_a_sweep_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_sweep_shares_the_store_and_resumes(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_parallel_sweep_shares_the_store_and_resumes(tmp_path):
     p = write(tmp_path, f"""
 train: {{epochs: 1, train_limit: 256}}
 sweep:
