@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +33,18 @@ TINY = ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("4bitsym",))
 
 def header_of(spec: ModelSpec, seed: int = 1) -> str:
     return render_header(from_export(random_model(spec, seed).export_model()))
+
+
+def swapped_classes(spec: ModelSpec, seed: int, a: int, b: int) -> str:
+    """header_of(spec, seed) with the classifier's rows (weights and clips) of classes a and b swapped: the
+    same model, its logits a and b exchanged."""
+    m = random_model(spec, seed)
+    last = m.layers[-1]
+    with torch.no_grad():
+        last.weight[[a, b]] = last.weight[[b, a]]
+        if last.clip.dim():
+            last.clip[[a, b]] = last.clip[[b, a]]
+    return render_header(from_export(m.export_model()))
 
 
 @pytest.fixture(scope="module")
@@ -517,9 +530,16 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
     same = load_library(build_library(tiny_header, tmp_path / "same"))
     res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same)
     assert res["images"] == 4 and res["instructions"]["min"] > 1000 and res["cycles"]["min"] > res["instructions"]["min"]
-    other = load_library(build_library(header_of(TINY, seed=7), tmp_path / "other"))
-    if (run_c(other, images, trace=False)["preds"] == run_c(same, images, trace=False)["preds"]).all():
-        pytest.skip("the two random models happen to agree on these images")
+    # a model built to differ: the firmware's, with the classifier rows of image 0's class and of its lowest
+    # logit swapped, so that the two logits trade places and image 0 gets another class
+    logits = run_c(same, images, trace=False)["logits"][0]
+    top, low = int(np.argmax(logits)), int(np.argmin(logits))
+    assert logits[top] > logits[low]
+    other = load_library(build_library(swapped_classes(TINY, 1, top, low), tmp_path / "other"))
+    got = run_c(other, images, trace=False)["logits"]
+    perm = np.arange(len(logits))
+    perm[[top, low]] = [low, top]
+    assert np.array_equal(got[0], logits[perm]) and int(np.argmax(got[0])) != top
     with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
         _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other)
 
