@@ -2,7 +2,6 @@
 import csv
 
 import pytest
-import yaml
 
 from pipeline import config, sweep
 from pipeline.config import ConfigError
