@@ -59,7 +59,8 @@ def _cuda() -> str | None:
     if torch.cuda.is_available():
         return None
     built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
-    return f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, {built})"
+    return (f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, {built}); "
+            f"run on a machine with an NVIDIA GPU and its driver")
 
 
 def _sdcc() -> str | None:
