@@ -30,7 +30,7 @@
           python = pkgs.python3.withPackages (p: with p; [
             torch torchvision numpy numba doit pyyaml cffi tqdm filelock pillow matplotlib
             unicorn pyelftools pyserial pyusb rvprog
-            pytest hypothesis pytest-xdist
+            pytest hypothesis pytest-xdist ruff
           ]);
           cross = pkgs.pkgsCross.riscv64-embedded.buildPackages;
         in {

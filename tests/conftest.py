@@ -1,5 +1,17 @@
+"""Shared test setup: hypothesis profiles, what a test needs (markers), and the tiny pipeline.
+
+A test that needs something the machine may lack carries its marker (registered in pyproject.toml):
+`mnist`, `riscv`, `chromium`, `cuda`, `sdcc`; a whole file sets `pytestmark`. Each need is detected once
+per process (`missing`), and a marked test whose need is missing is skipped with the reason, which says
+what is missing and how to get it (`-ra` prints it).
+"""
+from __future__ import annotations
+
+import functools
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import Verbosity, settings
@@ -11,10 +23,149 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "datasets" / "mnist"
+TINY = ROOT / "configs" / "tiny.yaml"
 
 
-@pytest.fixture
+# ---- needs ---------------------------------------------------------------------------------------------------
+
+def _mnist() -> str | None:
+    from pipeline import data
+
+    try:  # the data stage's own search (data.mnist_dir unset): $BITMCU_MNIST_DIR, data/mnist/, ../shared/...
+        data.locate(None, ROOT, allow_download=False)
+    except data.DataError as e:
+        return f"needs MNIST: {e}"
+    return None
+
+
+def _riscv() -> str | None:
+    from mcu.build import CC, CROSS
+
+    if shutil.which(CC):
+        return None
+    return (f"needs {CC} (BITMCU_CROSS prefix {CROSS!r}): apt-get install gcc-riscv64-unknown-elf, or nix develop, "
+            f"or set BITMCU_CROSS to the prefix of the RISC-V toolchain on PATH")
+
+
+def _chromium() -> str | None:
+    if shutil.which("chromium"):
+        return None
+    return "needs chromium (renders the report headless): apt-get install chromium, or nix develop"
+
+
+def _cuda() -> str | None:
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+    return (f"needs a CUDA device: torch.cuda.is_available() is False (torch {torch.__version__}, {built}); "
+            f"run on a machine with an NVIDIA GPU and its driver")
+
+
+def _sdcc() -> str | None:
+    if shutil.which("sdcc"):
+        return None
+    return "needs sdcc (the Small Device C Compiler): apt-get install sdcc"
+
+
+NEEDS: dict[str, Callable[[], str | None]] = {
+    "mnist": _mnist, "riscv": _riscv, "chromium": _chromium, "cuda": _cuda, "sdcc": _sdcc,
+}
+FIXTURE_NEEDS = {"mnist_dir": "mnist", "tiny_pipeline": "mnist"}  # a test using the fixture carries the marker
+STAGE_NEEDS = {"data": "mnist", "firmware": "riscv"}                # and a stage needs what its inputs need
+
+
+@functools.cache
+def missing(need: str) -> str | None:
+    """Why this machine lacks what marker `need` stands for (a skip reason), or None if it has it."""
+    return NEEDS[need]()
+
+
+def _needs(item: pytest.Item) -> list[str]:
+    return [m.name for m in item.iter_markers() if m.name in NEEDS]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for need in dict.fromkeys(_needs(item)):
+            reason = missing(need)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+_current: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test that uses MNIST or builds a stage without its marker fails on every machine, not only where
+    the need is missing (where it would fail obscurely instead of skipping)."""
+    global _current
+    _current = item
+    unmarked = sorted({FIXTURE_NEEDS[f] for f in item.fixturenames if f in FIXTURE_NEEDS} - set(_needs(item)))
+    if unmarked:
+        pytest.fail(f"{item.nodeid} uses fixtures that need {', '.join(unmarked)}: mark it "
+                    + ", ".join(f"@pytest.mark.{n}" for n in unmarked), pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST copy not found at {SHARED_MNIST}")
-    return SHARED_MNIST
+    """Where the data stage finds MNIST (the test must be marked `mnist`)."""
+    from pipeline import data
+
+    return data.locate(None, ROOT, allow_download=False)[0]
+
+
+# ---- the tiny pipeline ---------------------------------------------------------------------------------------
+
+def upstream(plan, name: str) -> list[str]:
+    """The stage and everything it needs, in pipeline order."""
+    want, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in want:
+            want.add(n)
+            todo.extend(plan.stage(n).inputs)
+    return [s.name for s in plan.stages if s.name in want]
+
+
+def entry(plan, stage: str) -> Path:
+    """The store folder of one stage of a plan."""
+    return plan.store.path(stage, plan.keys[stage])
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory):
+    """build(upto="report", cfg=None, root=None) -> Plan: the stage `upto` of `cfg` (configs/tiny.yaml by
+    default) and every stage it needs, built (or found up to date) in the store at `root`.
+
+    The default store is one per test run, shared by every xdist worker (the store locks each entry while it
+    is built, so a stage is built once and the others wait for it): pass a `root` of the test's own where the
+    test needs a build of its own. The calling test carries the markers of what the stages need (mnist;
+    riscv from the firmware stage on).
+    """
+    from pipeline import config
+    from pipeline.graph import Plan
+    from pipeline.store import Store
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # popen-gwN/ of this run -> the run's own folder, common to its workers
+    shared = base / "tiny_store"
+
+    def build(upto: str = "report", cfg=None, root: Path | None = None):
+        plan = Plan.make(cfg if cfg is not None else config.load(TINY), Store(root or shared))
+        stages = upstream(plan, upto)
+        needs = {STAGE_NEEDS[s] for s in stages if s in STAGE_NEEDS}
+        unmarked = sorted(needs - set(_needs(_current))) if _current is not None else []
+        if unmarked:
+            pytest.fail(f"{_current.nodeid} builds the stage {upto}, which needs {', '.join(unmarked)}: mark it "
+                        + ", ".join(f"@pytest.mark.{n}" for n in unmarked), pytrace=False)
+        for name in stages:
+            if not plan.up_to_date(name):
+                failed = plan.run(name)
+                assert failed is None, f"stage {name} failed: {failed}"
+        return plan
+
+    return build

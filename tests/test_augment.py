@@ -1,9 +1,6 @@
 """Tests for pipeline.augment: shapes, determinism, exact identity, geometry vs torchvision, elastic."""
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +8,7 @@ from torchvision.transforms import ElasticTransform, InterpolationMode
 from torchvision.transforms import functional as TF
 
 from pipeline import augment as aug
+from pipeline import data
 from pipeline.augment import AugmentSpec, affine_theta, augment, sampling_grid, warp
 
 IDENTITY = AugmentSpec(rotation_deg=0.0, translate=0.0, scale_min=1.0, scale_max=1.0, elastic_prob=0.0)
@@ -34,12 +32,11 @@ def thetas(n: int, angle: float = 0.0, scale: float = 1.0, tx: float = 0.0, ty: 
 
 
 @pytest.fixture(scope="module")
-def real_images() -> torch.Tensor:
-    path = Path(__file__).resolve().parent.parent.parent / "shared/datasets/mnist/t10k-images-idx3-ubyte.gz"
-    if not path.is_file():
-        pytest.skip(f"MNIST copy not found at {path}")
-    data = gzip.decompress(path.read_bytes())[16:]
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(-1, 28, 28)[:2000].clone()
+def real_images(mnist_dir) -> torch.Tensor:
+    """The first 2000 MNIST test images (tests using them are marked mnist)."""
+    _, found = data.locate(str(mnist_dir), mnist_dir, allow_download=False)
+    _, md5, shape = data.FILES["test_images"]
+    return torch.from_numpy(data.read_verified(found["test_images"], md5, shape)[:2000].copy())
 
 
 @pytest.mark.parametrize("out_size", [16, 28])
@@ -70,6 +67,7 @@ def test_chunking_does_not_change_result(monkeypatch, p):
     assert torch.equal(augment(raw, 16, spec, gen(3)), whole)
 
 
+@pytest.mark.mnist
 def test_identity_is_exact(real_images):
     for raw in (real_images, torch.randint(0, 256, (500, 28, 28), dtype=torch.uint8, generator=gen(4))):
         ref16 = F.interpolate(raw[:, None].float(), size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
@@ -107,6 +105,7 @@ def test_rotation_90_matches_rot90():
     assert torch.equal(warp(raw.float(), thetas(4, angle=90), 28), torch.rot90(raw, 1, (-2, -1)))
 
 
+@pytest.mark.mnist
 def test_geometry_matches_torchvision(real_images):
     """Same maps as torchvision's tensor affine (bilinear); its `affine` angle is clockwise, ours CCW."""
     raw = real_images[:200, None]
@@ -139,6 +138,7 @@ def test_random_translation_within_bounds():
         assert c.abs().max() <= 2.8 + 0.05 and c.min() < -2 and c.max() > 2
 
 
+@pytest.mark.mnist
 def test_elastic_changes_images_keeps_range(real_images):
     raw = real_images[:300]
     plain = augment(raw, 16, AugmentSpec(), gen(9))
@@ -188,7 +188,7 @@ def test_blank_stays_blank(spec):
     assert not out.any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_cuda_matches_cpu_with_cpu_generator():
     raw, spec = digits(300), AugmentSpec(elastic_prob=0.5)
     cpu = augment(raw, 16, spec, gen(15))

@@ -11,13 +11,19 @@ from pipeline.data import FILES, DataError
 
 @pytest.fixture
 def copy_dir(mnist_dir, tmp_path):
+    """A private copy of MNIST, every file gzipped (the tests using it are marked mnist)."""
     d = tmp_path / "mnist"
     d.mkdir()
-    for base, _, _ in FILES.values():
-        shutil.copy(mnist_dir / f"{base}.gz", d)
+    _, found = data.locate(str(mnist_dir), tmp_path, allow_download=False)
+    for k, (base, _, _) in FILES.items():
+        if found[k].suffix == ".gz":
+            shutil.copy(found[k], d / f"{base}.gz")
+        else:
+            (d / f"{base}.gz").write_bytes(gzip.compress(found[k].read_bytes(), compresslevel=1))
     return d
 
 
+@pytest.mark.mnist
 def test_loads_and_verifies_the_shared_copy(mnist_dir, tmp_path):
     src, arrays = data.load_originals(str(mnist_dir), tmp_path, allow_download=False)
     assert src == mnist_dir
@@ -25,6 +31,7 @@ def test_loads_and_verifies_the_shared_copy(mnist_dir, tmp_path):
     assert np.bincount(arrays["test_labels"]).tolist()[:2] == [980, 1135]
 
 
+@pytest.mark.mnist
 def test_raw_files_work_too(copy_dir, tmp_path):
     base = FILES["test_labels"][0]
     (copy_dir / base).write_bytes(gzip.decompress((copy_dir / f"{base}.gz").read_bytes()))
@@ -33,6 +40,7 @@ def test_raw_files_work_too(copy_dir, tmp_path):
     assert arrays["test_labels"].shape == (10000,)
 
 
+@pytest.mark.mnist
 def test_truncated_file_is_named(copy_dir, tmp_path):
     target = copy_dir / f"{FILES['test_labels'][0]}.gz"
     raw = gzip.decompress(target.read_bytes())
@@ -41,6 +49,7 @@ def test_truncated_file_is_named(copy_dir, tmp_path):
         data.load_originals(str(copy_dir), tmp_path, allow_download=False)
 
 
+@pytest.mark.mnist
 def test_one_flipped_byte_is_caught(copy_dir, tmp_path):
     target = copy_dir / f"{FILES['train_labels'][0]}.gz"
     raw = bytearray(gzip.decompress(target.read_bytes()))
@@ -50,6 +59,7 @@ def test_one_flipped_byte_is_caught(copy_dir, tmp_path):
         data.load_originals(str(copy_dir), tmp_path, allow_download=False)
 
 
+@pytest.mark.mnist
 def test_garbage_is_named(copy_dir, tmp_path):
     target = copy_dir / f"{FILES['test_images'][0]}.gz"
     target.write_bytes(b"this is not gzip")
@@ -57,6 +67,7 @@ def test_garbage_is_named(copy_dir, tmp_path):
         data.load_originals(str(copy_dir), tmp_path, allow_download=False)
 
 
+@pytest.mark.mnist
 def test_incomplete_folder_names_missing_files(copy_dir, tmp_path):
     (copy_dir / f"{FILES['test_images'][0]}.gz").unlink()
     with pytest.raises(DataError, match="lacks t10k-images-idx3-ubyte"):

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.graph import STAGES
 
 from .conftest import ROOT
@@ -21,7 +23,8 @@ def test_list_shows_every_stage_with_its_doc(tmp_path):
         assert f"{s.name} " in out and s.doc.split("\n")[0][:40] in out
 
 
-def test_data_twice_then_switch_and_back(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_data_twice_then_switch_and_back(tmp_path):
     cfg_a, cfg_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     cfg_a.write_text("data:\n  image_size: 16\n")
     cfg_b.write_text("data:\n  image_size: 8\n")
@@ -37,7 +40,8 @@ def test_data_twice_then_switch_and_back(tmp_path, mnist_dir):
     assert (store / "runs" / "b" / "data" / "summary.json").is_file()
 
 
-def test_damage_is_reported_and_redo_rebuilds(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_damage_is_reported_and_redo_rebuilds(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  image_size: 8\n")
     store = tmp_path / "artifacts"
@@ -52,7 +56,8 @@ def test_damage_is_reported_and_redo_rebuilds(tmp_path, mnist_dir):
     assert fixed.returncode == 0 and "[data] stored" in fixed.stdout
 
 
-def test_gc_keeps_linked_entries(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_gc_keeps_linked_entries(tmp_path):
     cfg = tmp_path / "g.yaml"
     cfg.write_text("data:\n  image_size: 8\n")
     store = tmp_path / "artifacts"
@@ -69,7 +74,8 @@ def test_unknown_redo_stage(tmp_path):
     assert r.returncode == 2 and "redo=dta: no such stage (allowed: " in r.stderr
 
 
-def test_redo_names_are_all_checked_before_anything_is_removed(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_redo_names_are_all_checked_before_anything_is_removed(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  image_size: 8\n")
     store = tmp_path / "artifacts"

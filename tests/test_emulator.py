@@ -1,5 +1,4 @@
 """mcu/emulator.py and mcu/cycles.py on small assembly programs with known instruction counts and costs."""
-import shutil
 import subprocess
 
 import pytest
@@ -8,7 +7,7 @@ from mcu import cycles as cm
 from mcu.build import CC  # the cross compiler (BITMCU_CROSS may name another)
 from mcu.emulator import Emulator, EmulatorError
 
-pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason=f"{CC} not found (apt-get install gcc-riscv64-unknown-elf)")
+pytestmark = pytest.mark.riscv  # the programs are assembled with mcu.build.CC
 
 # Common frame: _start sets sp, runs BODY, then calls fw_halt. fw_getc(a0 = timeout) polls USART1 like
 # mcu/src/system.c: returns the byte, or -1 once SysTick has advanced by the timeout (0 = forever).
@@ -89,7 +88,10 @@ def test_loop_costs_per_iteration_from_flash_and_sram(tmp_path, target):
     core = cm.CORES[target]
     copy = ("    la a0, count_loop\n    la a1, count_loop_end\n    li a2, 0x20000100\n"
             "3:  lw a3, 0(a0)\n    sw a3, 0(a2)\n    addi a0, a0, 4\n    addi a2, a2, 4\n    bltu a0, a1, 3b\n")
-    sram_call = lambda n: f"    li a0, {n}\n    li t0, 0x20000100\n    jalr ra, 0(t0)\n"
+
+    def sram_call(n: int) -> str:
+        return f"    li a0, {n}\n    li t0, 0x20000100\n    jalr ra, 0(t0)\n"
+
     body = (MARK + call("count_loop", 10) + MARK + MARK + call("count_loop", 30) + MARK + copy
             + MARK + sram_call(10) + MARK + MARK + sram_call(30) + MARK)
     emu = Emulator(build(tmp_path, body), target)

@@ -19,7 +19,8 @@ from engine.header import MODEL_BYTES, layout, render_header
 from contract.packing import codes_per_word, pack
 from contract.formats import FORMATS
 from contract.spec import ACC_LIMIT, MAX_OUT_SHIFT, ModelSpec, layer_bound
-from mcu.build import CC as RV_CC  # the cross compiler (BITMCU_CROSS may name another)
+from mcu.build import CC as RV_CC  # the cross compiler and its objdump (BITMCU_CROSS may name another)
+from mcu.build import OBJDUMP as RV_OBJDUMP
 from contract.formats import FORMAT_IDS
 from contract.model import from_export
 from refimpl.model import run
@@ -609,8 +610,6 @@ def test_multiplier_free_model_builds_without_multiply_formats(packed_models, bu
 
 
 # ---- RV32EC: the multiplier-free build has no mul/div instruction and no libcall --------------------------
-needs_rv = pytest.mark.skipif(shutil.which(RV_CC) is None,
-                              reason=f"{RV_CC} not found (Debian: apt-get install gcc-riscv64-unknown-elf)")
 # -ffreestanding: Debian's bare-metal compiler ships no libc headers, and <stdint.h> then comes from gcc itself.
 RV_FLAGS = ["-march=rv32ec_zicsr", "-mabi=ilp32e", "-ffreestanding", "-std=c99", "-Wall", "-Wextra", "-Werror",
             "-pedantic"]
@@ -622,11 +621,11 @@ def _rv_disasm(src: Path, out: Path, opt: str, defines: list[str], include: list
            "-o", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr}"
-    return subprocess.run(["riscv64-unknown-elf-objdump", "-dr", str(out)], capture_output=True, text=True,
+    return subprocess.run([RV_OBJDUMP, "-dr", str(out)], capture_output=True, text=True,
                           check=True).stdout
 
 
-@needs_rv
+@pytest.mark.riscv
 @pytest.mark.parametrize("kernels", list(KERNELS))
 @pytest.mark.parametrize("opt", ["-Os", "-O2"])
 def test_rv32ec_multiplier_free_build_has_no_multiply(tmp_path, opt, kernels, packed_models):
@@ -653,7 +652,7 @@ def test_rv32ec_multiplier_free_build_has_no_multiply(tmp_path, opt, kernels, pa
     assert not hits, "\n".join(hits[:20])
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_rv32ec_scan_sees_the_multiply_formats(tmp_path):
     """Control for the scan above: 4bit, 8bit and nf4 do call __mulsi3 on RV32EC."""
     asm = _rv_disasm(ENGINE_DIR / "bitmcu.c", tmp_path / "all.o", "-Os", [], [ENGINE_DIR])

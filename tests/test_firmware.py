@@ -3,7 +3,6 @@ no-multiply scan, the firmware stage, the serial protocol at the byte level, and
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.header import render_header
 from mcu import protocol
 from mcu.analysis import Func, Program, analyse, no_multiply_scan, stack_bound
-from mcu.build import OBJDUMP, SRC, Firmware, FirmwareError, build, build_demo, compile_objects, link
+from mcu.build import CROSS, OBJDUMP, SRC, Firmware, FirmwareError, build, build_demo, compile_objects, link
 from mcu.flash import FlashError, check_setup
 from mcu.monitor import PortError, find_port
 from mcu.protocol import ErrorCode, Garbled, Parser, Pong, Result, Type
@@ -28,8 +28,6 @@ from tests.strategies import random_model
 
 from .conftest import ROOT
 
-needs_rv = pytest.mark.skipif(shutil.which("riscv64-unknown-elf-gcc") is None,
-                              reason="riscv64-unknown-elf-gcc not found (apt-get install gcc-riscv64-unknown-elf)")
 TINY = ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("4bitsym",))
 
 
@@ -37,8 +35,20 @@ def model_of(spec: ModelSpec, seed: int = 1) -> PackedModel:
     return from_export(random_model(spec, seed).export_model())
 
 
+def swapped_classes(spec: ModelSpec, seed: int, a: int, b: int) -> str:
+    """The header of model_of(spec, seed) with the classifier's rows (weights and clips) of classes a and b swapped: the
+    same model, its logits a and b exchanged."""
+    m = random_model(spec, seed)
+    last = m.layers[-1]
+    with torch.no_grad():
+        last.weight[[a, b]] = last.weight[[b, a]]
+        if last.clip.dim():
+            last.clip[[a, b]] = last.clip[[b, a]]
+    return render_header(from_export(m.export_model()))
+
+
 @pytest.fixture(scope="module")
-def tiny_model() -> str:
+def tiny_model() -> PackedModel:
     return model_of(TINY)
 
 
@@ -48,13 +58,13 @@ def pixels(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def elf_symbols(elf: Path) -> dict[str, int]:
-    out = subprocess.run(["riscv64-unknown-elf-nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([CROSS + "nm", str(elf)], capture_output=True, text=True, check=True).stdout
     return {parts[2]: int(parts[0], 16) for parts in (line.split() for line in out.splitlines()) if len(parts) == 3}
 
 
 # ---- builds ------------------------------------------------------------------------------------------------
 
-@needs_rv
+@pytest.mark.riscv
 @pytest.mark.parametrize("target", ["ch32v003", "ch32v002"])
 @pytest.mark.parametrize("kernels", ["sram", "flash"])
 def test_demo_builds_for_each_target_and_placement(tmp_path, tiny_model, target, kernels):
@@ -76,7 +86,7 @@ def test_demo_builds_for_each_target_and_placement(tmp_path, tiny_model, target,
     assert f"target={target} images=3 kernels={kernels}".encode() in (tmp_path / "firmware.bin").read_bytes()
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_as_many_images_as_fit(tmp_path, tiny_model):
     images, labels = pixels(400, 8)
     b = build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=0)
@@ -84,7 +94,7 @@ def test_as_many_images_as_fit(tmp_path, tiny_model):
     assert b.images > 1 and b.image_bytes == 65
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_demo_image_count_is_honoured_or_refused(tmp_path, tiny_model):
     images, labels = pixels(5, 8)
     assert build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=2).images == 2
@@ -92,7 +102,7 @@ def test_demo_image_count_is_honoured_or_refused(tmp_path, tiny_model):
         build_demo(Firmware(), tiny_model, tmp_path, images, labels, count=9)
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_serial_build_drives_the_segment_pins(tmp_path, tiny_model):
     pins = ("PC0", "PC1", "PC2", "PC3", "PC4", "PD2", "PA1", "PD4")
     b = build(Firmware(mode="serial", segment_pins=pins, segment_active_low=True), tiny_model, tmp_path)
@@ -120,7 +130,7 @@ def test_config_rejects_unknown_pin_names():
 
 # ---- size gate ---------------------------------------------------------------------------------------------
 
-@needs_rv
+@pytest.mark.riscv
 def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
     big = model_of(ModelSpec(kind="fc", image_size=16, widths=(160, 16), formats=("4bitsym",)))  # 20 KB
     images, labels = pixels(1, 16)
@@ -134,7 +144,7 @@ def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
     assert "mcu.demo_images" in msg
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_ram_gate_suggests_flash_kernels_and_v002_fits(tmp_path):
     # 400 binary units: 3.3 KB of weights but 2 KB of buffers
     wide = model_of(ModelSpec(kind="fc", image_size=8, widths=(400, 16), formats=("binary",)))
@@ -164,7 +174,7 @@ def test_stack_bound_is_the_deepest_path_and_follows_indirect_calls():
         stack_bound(_program(calls, frames), "reset")
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_call_graph_of_a_real_build_sees_pointers(tmp_path):
     """Several formats: the engine calls kernels through pointers; their targets come from the relocations."""
     from tests.strategies import MODEL_SPECS
@@ -202,7 +212,7 @@ def _bad_program(tmp_path: Path, target: str, op: str) -> Program:
     return analyse(dis, objs, tmp_path)
 
 
-@needs_rv
+@pytest.mark.riscv
 @pytest.mark.parametrize("target, op, found", [
     ("ch32v003", "*", r"bm_bad at 0x[0-9a-f]+: `(jal|j) .*<__mulsi3>`"),
     ("ch32v003", "/", r"bm_bad at 0x[0-9a-f]+: `(jal|j) .*<__divsi3>`"),
@@ -216,7 +226,7 @@ def test_scan_catches_a_variable_multiply_or_divide(tmp_path, target, op, found)
         no_multiply_scan(prog, ["main"], "configs/bad.yaml: ch32v003")          # reached through main's call
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_scan_sees_the_multiply_of_an_8bit_layer_in_a_v002_build(tmp_path):
     """The real build's scan roots cover the engine: an 8bit layer on the V002 has mul, which the scan sees."""
     model = model_of(ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("8bit",)))
@@ -228,7 +238,7 @@ def test_scan_sees_the_multiply_of_an_8bit_layer_in_a_v002_build(tmp_path):
 
 # ---- the firmware stage ------------------------------------------------------------------------------------
 
-@needs_rv
+@pytest.mark.riscv
 def test_firmware_stage_summary(tmp_path, tiny_model):
     from pipeline.firmware import run
     from pipeline.graph import STAGES
@@ -422,7 +432,9 @@ def test_send_pings_then_sends_each_image(tmp_path):
 # ---- end to end in the emulator (mcu/emulator.py) ---------------------------------------------------------------
 
 def _emulator(elf: Path, target: str):
-    return pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present").Emulator(elf, target)
+    from mcu.emulator import Emulator
+
+    return Emulator(elf, target)
 
 
 def _c_engine(model: PackedModel, images: np.ndarray, tmp_path: Path) -> dict:
@@ -431,7 +443,7 @@ def _c_engine(model: PackedModel, images: np.ndarray, tmp_path: Path) -> dict:
     return run_c(load_library(build_library(render_header(model), tmp_path / "lib")), images, trace=False)
 
 
-@needs_rv
+@pytest.mark.riscv
 @pytest.mark.parametrize("target, kernels", [("ch32v003", "sram"), ("ch32v002", "flash")])
 def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_model, target, kernels):
     images, labels = pixels(6, 8, seed=5)
@@ -452,7 +464,7 @@ def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_model, t
     assert min(cycles) > 1000
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_model):
     b = build(Firmware(target="ch32v003", mode="serial"), tiny_model, tmp_path)
     emu, parser = _emulator(b.elf, "ch32v003"), Parser()
@@ -490,9 +502,8 @@ def test_serial_firmware_answers_and_survives_bad_frames(tmp_path, tiny_model):
     assert got[0].logits == tuple(want["logits"][1]) and parser.skipped == 0
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_send_command_against_the_emulator(tmp_path, tiny_model, capsys):
-    pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
     from PIL import Image
 
     from pipeline.send import main
@@ -510,9 +521,8 @@ def test_send_command_against_the_emulator(tmp_path, tiny_model, capsys):
     assert "no.png: cannot be read as an image" in capsys.readouterr().err
 
 
-@needs_rv
+@pytest.mark.riscv
 def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(tmp_path, tiny_model):
-    pytest.importorskip("mcu.emulator", reason="mcu/emulator.py not present")
     from engine.build import build_library, load_library, run_c
     from mcu.emulator import Emulator
     from pipeline.emulate import EmulateError, _demo
@@ -523,9 +533,16 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
     same = load_library(build_library(render_header(tiny_model), tmp_path / "same"))
     res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same)
     assert res["images"] == 4 and res["instructions"]["min"] > 1000 and res["cycles"]["min"] > res["instructions"]["min"]
-    other = load_library(build_library(render_header(model_of(TINY, seed=7)), tmp_path / "other"))
-    if (run_c(other, images, trace=False)["preds"] == run_c(same, images, trace=False)["preds"]).all():
-        pytest.skip("the two random models happen to agree on these images")
+    # a model built to differ: the firmware's, with the classifier rows of image 0's class and of its lowest
+    # logit swapped, so that the two logits trade places and image 0 gets another class
+    logits = run_c(same, images, trace=False)["logits"][0]
+    top, low = int(np.argmax(logits)), int(np.argmin(logits))
+    assert logits[top] > logits[low]
+    other = load_library(build_library(swapped_classes(TINY, 1, top, low), tmp_path / "other"))
+    got = run_c(other, images, trace=False)["logits"]
+    perm = np.arange(len(logits))
+    perm[[top, low]] = [low, top]
+    assert np.array_equal(got[0], logits[perm]) and int(np.argmax(got[0])) != top
     with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
         _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other)
 
@@ -535,7 +552,7 @@ CNN_FORMATS = {"ch32v003": ("fp130", "2bitsym", "4bitsym", "4bitsym", "4bitsym")
                "ch32v002": ("8bit", "8bit", "8bit", "2bitsym", "4bitsym")}              # cnn32's formats
 
 
-@needs_rv
+@pytest.mark.riscv
 @pytest.mark.parametrize("target", ["ch32v003", "ch32v002"])
 def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
     """A small CNN (12x12, 3 channels, per_output shifts) as serial firmware: every logit of every image equals

@@ -17,9 +17,7 @@ import yaml
 
 from pipeline import config
 from pipeline.bitnetmcu import CheckpointError, read_checkpoint, to_qmodel, write_config
-from pipeline.graph import Plan
 from contract.spec import model_spec
-from pipeline.store import Store
 
 from .conftest import ROOT
 
@@ -238,13 +236,13 @@ def test_doit_import(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["mine.yaml"]
 
 
-def test_imported_model_runs_through_verify(tmp_path, mnist_dir):
+@pytest.mark.mnist
+@pytest.mark.riscv
+def test_imported_model_runs_through_verify(tiny_pipeline, tmp_path):
     src = save(tmp_path, fc_state([16, 12, 10], seed=5), "tiny_BitMnist_4bitsym_w.pth")
     cfg = config.load(write_config(src, name="tiny_import", folder=tmp_path))
-    plan = Plan.make(cfg, Store(tmp_path / "store"))
-    for s in plan.stages:
-        assert plan.up_to_date(s.name) or plan.run(s.name) is None, s.name
-    entry = {s: Store(tmp_path / "store").path(s, plan.keys[s]) for s in plan.keys}
+    plan = tiny_pipeline("report", cfg)
+    entry = {s: plan.store.path(s, plan.keys[s]) for s in plan.keys}
     train = json.loads((entry["train"] / "summary.json").read_text())
     verify = json.loads((entry["verify"] / "summary.json").read_text())
     assert verify["mismatches"] == {"torch_vs_numba": 0, "torch_vs_c": 0} and verify["images"] == 10000

@@ -39,7 +39,7 @@ def nearest_code(fmt: str, t: float) -> int:
 
 def test_format_table():
     assert NF4_CODES == (-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127)
-    for name, f in FORMATS.items():
+    for f in FORMATS.values():
         assert list(f.codes) == sorted(set(f.codes))
         if f.codes:
             assert f.max_abs_code == max(abs(c) for c in f.codes)

@@ -10,35 +10,19 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from pipeline import config, report
+from pipeline import report
 from pipeline.graph import Plan
-from pipeline.store import Store
 
-from .conftest import ROOT, SHARED_MNIST
+from .conftest import upstream
 
-TINY = ROOT / "configs" / "tiny.yaml"
-
-
-def needed(plan: Plan, name: str) -> list[str]:
-    """The stage and everything upstream of it, in pipeline order."""
-    want, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        if n not in want:
-            want.add(n)
-            todo.extend(plan.stage(n).inputs)
-    return [s.name for s in plan.stages if s.name in want]
+pytestmark = [pytest.mark.mnist, pytest.mark.riscv]  # the report shows the firmware and emulate stages
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"MNIST copy not found at {SHARED_MNIST}")
-    plan = Plan.make(config.load(TINY), Store(tmp_path_factory.mktemp("store")))
+def tiny_run(tiny_pipeline):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        for name in needed(plan, "report"):
-            assert plan.up_to_date(name) or plan.run(name) is None, name
+        plan = tiny_pipeline("report")
     link = plan.store.runs / plan.cfg.name / "report"
     return plan, link, printed.getvalue()
 
@@ -87,7 +71,7 @@ def test_page_shows_the_run(tiny_run):
     assert rep["test_accuracy_int"] == acc
     assert rep["misclassified"] == round((1 - acc) * verify["images"])
     assert f"{100 * acc:.2f}%" in html
-    for stage in needed(plan, "report"):  # the key of every stage of this run, the report's own included
+    for stage in upstream(plan, "report"):  # the key of every stage of this run, the report's own included
         assert f"<td class=\"text\">{stage}</td><td class=\"text\">{plan.keys[stage]}</td>" in html, stage
     assert "image_size: 8" in html and "widths: [16, 16]" in html and "formats: [4bitsym]" in html
     assert rep["chip_stages"] == ["firmware", "emulate"] and "cycles.mean" in html and "flash_used" in html
@@ -111,10 +95,9 @@ def test_doit_prints_where_the_page_is(tiny_run, capsys):
     assert capsys.readouterr().out.strip() == line
 
 
+@pytest.mark.chromium
 def test_page_renders_in_chromium(tiny_run, tmp_path):
     chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium not installed: apt-get install chromium")
     plan, link, _ = tiny_run
     page = (link / "report.html").absolute()  # through runs/tiny/: the page shows the config name
     r = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -151,7 +134,7 @@ def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
     ctx = SimpleNamespace(stage=plan.stage("report"), key="a" * 24, inputs=inputs,
                           input_keys={n: p.name for n, p in inputs.items()})
     keys = report.store_keys(ctx)
-    assert keys == {**{n: plan.keys[n] for n in needed(plan, "report")}, "firmware": "e" * 24, "emulate": "f" * 24,
+    assert keys == {**{n: plan.keys[n] for n in upstream(plan, "report")}, "firmware": "e" * 24, "emulate": "f" * 24,
                     "report": "a" * 24}
     assert list(keys)[-1] == "report"
     export = json.loads((inputs["export"] / "summary.json").read_text())

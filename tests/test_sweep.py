@@ -2,7 +2,6 @@
 import csv
 
 import pytest
-import yaml
 
 from pipeline import config, sweep
 from pipeline.config import ConfigError
@@ -71,7 +70,8 @@ def test_not_a_sweep_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_parallel_sweep_shares_the_store_and_resumes(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_parallel_sweep_shares_the_store_and_resumes(tmp_path):
     p = write(tmp_path, f"""
 train: {{epochs: 1, train_limit: 256}}
 sweep:

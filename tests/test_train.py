@@ -6,66 +6,54 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from pipeline import config
 from pipeline.ema import WeightAverage
-from pipeline.graph import Plan
 from pipeline.models import build_model
 from contract.spec import model_spec
-from pipeline.store import Store
 from pipeline.train import make_optimizer
 
-from .conftest import ROOT
-
-TINY = ROOT / "configs" / "tiny.yaml"
+from .conftest import ROOT, TINY, entry
 
 
-def build(store_root, cfg, upto="train"):
-    plan = Plan.make(cfg, Store(store_root))
-    for s in plan.stages:
-        if not plan.up_to_date(s.name):
-            assert plan.run(s.name) is None
-        if s.name == upto:
-            break
-    return plan
+def weights(plan):
+    return torch.load(entry(plan, "train") / "model.pt")["model"]
 
 
-def weights(store_root, plan):
-    return torch.load(Store(store_root).path("train", plan.keys["train"]) / "model.pt")["model"]
-
-
-def test_tiny_run_reports_integer_accuracy(tmp_path, mnist_dir):
-    plan = build(tmp_path, config.load(TINY))
-    entry = Store(tmp_path).path("train", plan.keys["train"])
-    summary = json.loads((entry / "summary.json").read_text())
+@pytest.mark.mnist
+def test_tiny_run_reports_integer_accuracy(tiny_pipeline):
+    train = entry(tiny_pipeline("train"), "train")
+    summary = json.loads((train / "summary.json").read_text())
     assert summary["test_images"] == 10000
     assert 0.3 < summary["test_accuracy_int"] <= 1.0  # 64 steps on 512 images: far above chance
-    history = json.loads((entry / "metrics.json").read_text())
+    history = json.loads((train / "metrics.json").read_text())
     assert len(history) == 2 and {"train_loss", "test_acc", "lr", "clip", "entropy"} <= set(history[0])
 
 
-def test_same_config_same_weights(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_same_config_same_weights(tiny_pipeline, tmp_path):
     cfg = config.load(TINY)
-    a = weights(tmp_path / "a", build(tmp_path / "a", cfg))
-    b = weights(tmp_path / "b", build(tmp_path / "b", cfg))
+    a = weights(tiny_pipeline("train"))
+    b = weights(tiny_pipeline("train", root=tmp_path))  # trained again, in a store of its own
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    c = weights(tmp_path / "c", build(tmp_path / "c", cfg.replace(**{"train.seed": 1})))
+    c = weights(tiny_pipeline("train", cfg.replace(**{"train.seed": 1})))
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path, mnist_dir):
+@pytest.mark.mnist
+def test_killed_training_resumes_to_the_same_weights(tiny_pipeline, tmp_path):
     # with a weight average, whose state the checkpoint must carry too
     text = (TINY.read_text().replace("epochs: 2", "epochs: 4").replace("train_limit: 512", "train_limit: 3000")
             + "  ema: 0.9\n")
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(text)
     cfg = config.load(cfg_path)
-    build(tmp_path / "killed", cfg, upto="data")
-    plan = Plan.make(cfg, Store(tmp_path / "killed"))
-    ckpt = Store(tmp_path / "killed").work_dir("train", plan.keys["train"]) / "checkpoint.pt"
+    plan = tiny_pipeline("data", cfg, root=tmp_path / "killed")
+    ckpt = plan.store.work_dir("train", plan.keys["train"]) / "checkpoint.pt"
     env = {**os.environ, "BITMCU_ARTIFACTS": str(tmp_path / "killed")}
     p = subprocess.Popen([sys.executable, "-m", "doit", f"cfg={cfg_path}", "train"], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,13 +63,13 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, mnist_dir):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert ckpt.exists(), "training never wrote a checkpoint"
-    assert not Store(tmp_path / "killed").has("train", plan.keys["train"])
+    assert not plan.store.has("train", plan.keys["train"])
     r = subprocess.run([sys.executable, "-m", "doit", f"cfg={cfg_path}", "train"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming after epoch" in r.stdout
-    resumed = weights(tmp_path / "killed", plan)
-    straight = weights(tmp_path / "straight", build(tmp_path / "straight", cfg))
+    resumed = weights(plan)
+    straight = weights(tiny_pipeline("train", cfg))  # trained without a break, in the shared store
     for k in straight:
         assert torch.equal(resumed[k], straight[k]), k
 

@@ -8,35 +8,22 @@ import pytest
 from engine.build import build_library, load_library, run_c
 from engine.header import render_header
 from contract.model import FORMAT_VERSION
-from pipeline import config, export, verify
+from pipeline import export, verify
 from pipeline.stages import export as export_stage
 from pipeline.stages.data import test_set
 from pipeline.stages.train import trained_model
-from pipeline.graph import Plan
-from pipeline.store import Store
 from refimpl import kernels as K
 from refimpl import model as refmodel
 
-from .conftest import ROOT
+from .conftest import ROOT, entry
 
-TINY = ROOT / "configs" / "tiny.yaml"
+pytestmark = pytest.mark.mnist
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    if not (ROOT.parent / "shared" / "datasets" / "mnist").is_dir():
-        pytest.skip("MNIST copy not found")
-    root = tmp_path_factory.mktemp("store")
-    plan = Plan.make(config.load(TINY), Store(root))
-    for s in plan.stages:
-        if not plan.up_to_date(s.name):
-            assert plan.run(s.name) is None, s.name
-    return root, plan
-
-
-def entry(tiny_store, stage):
-    root, plan = tiny_store
-    return Store(root).path(stage, plan.keys[stage])
+def tiny_store(tiny_pipeline):
+    """The tiny config's plan, built up to the verify stage."""
+    return tiny_pipeline("verify")
 
 
 def test_tiny_pipeline_verifies_every_layer(tiny_store):
