@@ -34,7 +34,7 @@ from mcu.emulator import Emulator
 from pipeline import config
 from pipeline.stage import summary
 from pipeline.stages import export
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 
 BITNETMCU = {  # BitNetMCU's README: measured on boards at 48 MHz
     "default": "BitNetMCU 64/64/64 4bitsym on CH32V003: 653,965 cycles (kernel in SRAM), 903,209 (flash); "
@@ -92,7 +92,7 @@ for preset in args.presets:
     weights = summary(run / "export")["weights"]
     cnn = model.kind == "cnn"
     n_img = args.cnn_images if cnn else args.images
-    images, labels = (a[:n_img] for a in test_set(run / "data"))
+    images, labels = (a[:n_img] for a in mnist_test(run / "data"))
     print(f"\n== {preset}: {weights:,} weights, formats {', '.join(cfg['quant.formats'])}, "
           f"mean of the first {len(images)} test images")
     print(f"   {BITNETMCU.get(preset, '')}")

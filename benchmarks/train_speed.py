@@ -20,7 +20,7 @@ from contract.spec import model_spec
 from pipeline import config
 from pipeline.graph import Plan
 from pipeline.models import build_model
-from pipeline.stages.data import test_set, train_set
+from pipeline.stages.data import mnist_test, mnist_train
 from pipeline.store import Store
 from pipeline.train import epoch_images, evaluate, make_optimizer, make_step, train_epoch
 
@@ -44,8 +44,8 @@ for preset in args.presets:
     cfg = config.load(f"configs/{preset}.yaml")
     plan = Plan.make(cfg, Store("artifacts"))
     data = Store("artifacts").verify("data", plan.keys["data"], "./run doit cfg=configs/%s.yaml data" % preset)
-    train_images, train_raw, train_labels = train_set(data)
-    test_images, test_labels = test_set(data)
+    train_images, train_raw, train_labels = mnist_train(data)
+    test_images, test_labels = mnist_test(data)
     clean, raw, labels = torch.from_numpy(train_images).unsqueeze(1), torch.from_numpy(train_raw), \
         torch.from_numpy(train_labels)
     test_x, test_y = torch.from_numpy(test_images).unsqueeze(1), torch.from_numpy(test_labels)

@@ -9,7 +9,7 @@ import time
 
 from pipeline import config
 from pipeline.graph import Plan
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 from pipeline.store import Store
 from pipeline.verify import engines
 
@@ -23,7 +23,7 @@ for path in cfgs:
         print(f"{path}: skipped, not built yet ({', '.join(missing)}); run ./run doit cfg={path} library")
         continue
     entry = {s: store.verify(s, plan.keys[s]) for s in ("data", "train", "export", "library")}
-    pixels = test_set(entry["data"])[0]
+    pixels = mnist_test(entry["data"])[0]
     line = []
     for name, fn in engines(entry["train"], entry["export"], entry["library"]).items():
         fn(pixels[:16])

@@ -339,14 +339,14 @@ def run(ctx) -> dict:
     """The train stage's artifact (model.pt, test predictions, summary) for `import.src`: this module
     implements the train stage when that key is set (pipeline/graph.py)."""
     from pipeline.stages import train as stage
-    from pipeline.stages.data import test_set
+    from pipeline.stages.data import mnist_test
     from pipeline.train import evaluate
 
     cfg = ctx.cfg
     src = Path(cfg["import.src"])
     spec = model_spec(cfg)
     model = to_qmodel(read_checkpoint(src), spec)
-    images, labels = test_set(ctx.input("data"))
+    images, labels = mnist_test(ctx.input("data"))
     test_x, test_y = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
     acc, preds = evaluate(model, test_x, test_y)
     torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / stage.MODEL)

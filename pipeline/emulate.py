@@ -19,7 +19,7 @@ from mcu import protocol
 from mcu.emulator import Emulator
 from pipeline.stage import summary
 from pipeline.stages import firmware, library
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 
 SERIAL_IMAGES = 10
 MHZ = 48
@@ -91,7 +91,7 @@ def _serial(emu: Emulator, images: np.ndarray, labels: np.ndarray, lib) -> dict[
 
 def run(ctx) -> dict:
     fw = summary(ctx.input("firmware"))
-    images, labels = test_set(ctx.input("data"))
+    images, labels = mnist_test(ctx.input("data"))
     lib = load_library(library.library(ctx.input("library")))
     weights = int(summary(ctx.input("export"))["weights"])
     emu = Emulator(firmware.elf(ctx.input("firmware")), fw["target"], profile=True)

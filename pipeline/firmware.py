@@ -8,7 +8,7 @@ RAM does not fit, and on the CH32V003 when the inference code contains a multipl
 from __future__ import annotations
 
 from mcu.build import Firmware, build, build_demo
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 from pipeline.stages.export import model as exported_model
 
 
@@ -19,7 +19,7 @@ def run(ctx) -> dict:
                   where=f"config of stage {ctx.stage.name}")
     model = exported_model(ctx.input("export"))
     if fw.mode == "demo":
-        images, labels = test_set(ctx.input("data"))
+        images, labels = mnist_test(ctx.input("data"))
         b = build_demo(fw, model, ctx.out, images, labels, cfg["mcu.demo_images"])
     else:
         b = build(fw, model, ctx.out)

@@ -23,7 +23,7 @@ from pipeline.config import SCHEMA
 from pipeline.report_page import card, esc, figure, fmt_value, page, table
 from pipeline.stage import summary as _summary
 from pipeline.stages import ORDER, export, train
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 from pipeline.stages.report import PAGE
 from refimpl.model import run as run_numba
 
@@ -199,7 +199,7 @@ def run(ctx) -> dict:
     model = export.model(ctx.input("export"))
     exported, verify = _summary(ctx.input("export")), _summary(ctx.input("verify"))
     history = train.metrics(ctx.input("train"))
-    images, labels = test_set(ctx.input("data"))
+    images, labels = mnist_test(ctx.input("data"))
     preds = predictions(model, images)
     accuracy = float((preds == labels).mean())
     classes = int(model.num_classes)

@@ -155,8 +155,8 @@ def run(ctx) -> dict:
         torch.set_num_threads(cfg["train.threads"])
     dev = _device(cfg["train.device"])
     limit = cfg["train.train_limit"] or None
-    train_images, train_raw, train_labels = data.train_set(ctx.input("data"))
-    test_images, test_labels = data.test_set(ctx.input("data"))
+    train_images, train_raw, train_labels = data.mnist_train(ctx.input("data"))
+    test_images, test_labels = data.mnist_test(ctx.input("data"))
     clean = torch.from_numpy(train_images[:limit]).unsqueeze(1).to(dev)
     raw = torch.from_numpy(train_raw[:limit]).to(dev)
     labels = torch.from_numpy(train_labels[:limit]).to(dev)

@@ -16,7 +16,7 @@ import torch
 from contract.errors import UserError
 from engine.build import load_library, run_c
 from pipeline.stages import export, library
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 from pipeline.stages.train import trained_model
 from refimpl.model import run as run_numba
 
@@ -70,7 +70,7 @@ def compare(ref: dict[str, Any], other: dict[str, Any], ref_name: str, other_nam
 
 
 def run(ctx) -> dict:
-    pixels, labels = test_set(ctx.input("data"))
+    pixels, labels = mnist_test(ctx.input("data"))
     results, seconds = {}, {}
     for name, fn in engines(ctx.input("train"), ctx.input("export"), ctx.input("library")).items():
         t0 = time.perf_counter()

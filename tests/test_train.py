@@ -93,7 +93,7 @@ def test_weight_average_swaps_in_and_back_exactly():
 
 
 def test_weight_decay_shrinks_only_the_weight_layers():
-    cfg = config.load(TINY).replace(**{"train.weight_decay": 0.1, "prune.keep": 4, "train.lr": 0.01})
+    cfg = config.load(TINY).replace(**{"train.weight_decay": 0.1, "prune.keep": 4, "prune.epoch": 2, "train.lr": 0.01})
     torch.manual_seed(0)
     model = build_model(model_spec(cfg))
     opt = make_optimizer(cfg, model)

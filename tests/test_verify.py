@@ -10,7 +10,7 @@ from engine.header import render_header
 from contract.model import FORMAT_VERSION
 from pipeline import export, verify
 from pipeline.stages import export as export_stage
-from pipeline.stages.data import test_set
+from pipeline.stages.data import mnist_test
 from pipeline.stages.train import trained_model
 from refimpl import kernels as K
 from refimpl import model as refmodel
@@ -52,7 +52,7 @@ def test_export_is_deterministic_and_self_describing(tiny_store, tmp_path):
 
 
 def _engines(tiny_store):
-    pixels = test_set(entry(tiny_store, "data"))[0][:300]
+    pixels = mnist_test(entry(tiny_store, "data"))[0][:300]
     model = trained_model(entry(tiny_store, "train"))
     packed = export_stage.model(entry(tiny_store, "export"))
     return pixels, verify.torch_int(model, pixels), packed

@@ -20,11 +20,11 @@ STAGE = Stage(
 )
 
 
-def test_set(entry: Path) -> tuple[np.ndarray, np.ndarray]:
+def mnist_test(entry: Path) -> tuple[np.ndarray, np.ndarray]:
     """The 10,000 test images (uint8 [B, N, N]) and their labels (int64 [B])."""
     return np.load(entry / TEST_IMAGES), np.load(entry / TEST_LABELS).astype(np.int64)
 
 
-def train_set(entry: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mnist_train(entry: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The 60,000 training images (uint8 [B, N, N]), the same at 28x28 (for augmentation) and labels (int64)."""
     return np.load(entry / TRAIN_IMAGES), np.load(entry / TRAIN_RAW), np.load(entry / TRAIN_LABELS).astype(np.int64)

@@ -50,5 +50,5 @@ def metrics(entry: Path) -> list[dict[str, Any]]:
     return json.loads((entry / METRICS).read_text())
 
 
-def test_predictions(entry: Path) -> np.ndarray:
+def predictions(entry: Path) -> np.ndarray:
     return np.load(entry / PREDICTIONS)
