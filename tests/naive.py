@@ -1,4 +1,5 @@
-"""Plain-Python twin of refimpl/kernels.py (the C engine's names without bm_), on UNPACKED integer codes, for tests only.
+"""Plain-Python twin of refimpl/kernels.py (its names: the C engine's without bm_), on UNPACKED integer
+codes, for tests only.
 
 Python ints and nested lists, written straight from engine/CONTRACT.md; no vectorisation. Also a
 bit-by-bit `pack` twin of pipeline/packing.pack (CONTRACT §9).
