@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
                           sanitizer_env)
 from engine.header import MODEL_BYTES, layout, render_header
-from pipeline.packing import codes_per_word, pack
-from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, ModelSpec, layer_bound
+from pipeline.packing import FIELD_BITS, codes_per_word, pack
+from pipeline.spec import ACC_LIMIT, FORMATS, MAX_OUT_SHIFT, NF4_CODES, ModelSpec, layer_bound
 from mcu.build import CC as RV_CC  # the cross compiler (BITMCU_CROSS may name another)
 from refimpl.kernels import FORMAT_IDS
 from refimpl.model import from_export, run
@@ -85,6 +85,18 @@ def test_format_ids_match_refimpl():
     text = (ENGINE_DIR / "bitmcu.h").read_text()
     ids = {m[1].lower(): int(m[2]) for m in re.finditer(r"#define BM_FMT_([0-9A-Z]+) (\d+)", text) if m[1] != "COUNT"}
     assert ids == FORMAT_IDS
+
+
+def test_format_constants_match_the_python_format_table(klib):
+    """bitmcu.h's BM_FMT_x_FIELD_BITS, BM_FMT_x_CODES_PER_WORD and BM_NF4_CODES, which the engine's format
+    descriptors are built from, equal the packing's field widths, codes per word and NF4 codes."""
+    n = len(FORMAT_IDS)
+    bits, per, nf4 = (klib.ffi.new(f"int32_t[{k}]") for k in (n, n, 16))
+    klib.lib.bm_glue_formats(bits, per, nf4)
+    for fmt, i in FORMAT_IDS.items():
+        assert per[i] == codes_per_word(fmt), fmt
+        assert bits[i] == FIELD_BITS.get(fmt, 8), fmt          # ternary: a byte of 5 trits
+    assert list(nf4) == list(NF4_CODES)
 
 
 @settings(max_examples=80, deadline=None)
