@@ -329,8 +329,8 @@ typedef void (*bm__rows_fn)(const uint32_t *w, uint32_t stride, int32_t *acc, co
                             const int16_t *t);
 #endif
 #if BM__CONV_MUL
-/* w[j] = (weight j of a packed row) * pk for j < n, pk = 2^k */
-typedef void (*bm__decode_fn)(const uint32_t *row, int32_t n, int32_t pk, int32_t *w);
+/* w[j] = (weight j of a packed row) * 2^k for j < n */
+typedef void (*bm__decode_fn)(const uint32_t *row, int32_t n, uint32_t k, int32_t *w);
 #endif
 
 typedef struct bm__fmt {
@@ -650,7 +650,7 @@ BM__HOT static void bm__fc_8bit(const int8_t *x, int32_t n_in, const uint32_t *w
 
 #if BM__CONV_MUL
 /* ---- conv weight decoders ---------------------------------------------------------------------------------
-   bm__conv_decode_<fmt>(row, n, pk, w): w[j] = (weight j of the packed row) * pk for j < n, pk = 2^k. Folding
+   bm__conv_decode_<fmt>(row, n, k, w): w[j] = (weight j of the packed row) * 2^k for j < n, n >= 1. Folding
    the shift into the weights is exact: relu(acc) << k = max(sum x (w 2^k), 0) and acc * 2^k = sum x (w 2^k),
    and every partial sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. One loop per format: a
    format switch per weight costs more than the weight. */
@@ -676,85 +676,96 @@ BM__INLINE uint32_t bm__next_field(bm__fields *r, uint32_t b)
 }
 
 #if BM__HAS_CONV(BM_FMT_BINARY) || BM__HAS_CONV(BM_FMT_BINARYBALANCED)
-BM__HOT static void bm__conv_decode_binary(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_binary(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--)                             /* 1 -> +1, 0 -> -1 */
-        *w++ = bm__next_field(&r, BM_FMT_BINARY_FIELD_BITS) ? pk : -pk;
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do                                   /* 1 -> +1, 0 -> -1 */
+        *w = bm__next_field(&r, BM_FMT_BINARY_FIELD_BITS) ? pk : -pk;
+    while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_2BITSYM)
-BM__HOT static void bm__conv_decode_2bitsym(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_2bitsym(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--) {                           /* bit1 sign, bit0 m: +-(2m+1) */
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do {                                   /* bit1 sign, bit0 m: +-(2m+1) */
         uint32_t f = bm__next_field(&r, BM_FMT_2BITSYM_FIELD_BITS);
         int32_t v = (int32_t)((f & 1u) * 2u + 1u);
-        *w++ = ((f & 2u) ? -v : v) * pk;
-    }
+        *w = ((f & 2u) ? -v : v) * pk;
+    } while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_4BITSYM)
-BM__HOT static void bm__conv_decode_4bitsym(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_4bitsym(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--) {                           /* bit3 sign, bits 0..2 m: +-(2m+1) */
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do {                                   /* bit3 sign, bits 0..2 m: +-(2m+1) */
         uint32_t f = bm__next_field(&r, BM_FMT_4BITSYM_FIELD_BITS);
         int32_t v = (int32_t)(((f & 7u) << 1) + 1u);
-        *w++ = ((f & 8u) ? -v : v) * pk;
-    }
+        *w = ((f & 8u) ? -v : v) * pk;
+    } while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_FP130)
-BM__HOT static void bm__conv_decode_fp130(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_fp130(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--) {                           /* bit3 sign, bits 0..2 e: +-2^e */
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do {                                   /* bit3 sign, bits 0..2 e: +-2^e */
         uint32_t f = bm__next_field(&r, BM_FMT_FP130_FIELD_BITS);
         int32_t v = (int32_t)1 << (f & 7u);
-        *w++ = ((f & 8u) ? -v : v) * pk;
-    }
+        *w = ((f & 8u) ? -v : v) * pk;
+    } while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_4BIT)
-BM__HOT static void bm__conv_decode_4bit(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_4bit(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--)
-        *w++ = bm__code_4bit(bm__next_field(&r, BM_FMT_4BIT_FIELD_BITS)) * pk;
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do
+        *w = bm__code_4bit(bm__next_field(&r, BM_FMT_4BIT_FIELD_BITS)) * pk;
+    while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_8BIT)
-BM__HOT static void bm__conv_decode_8bit(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_8bit(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--) {                           /* two's complement: f - 256 when bit 7 is set */
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do {                                   /* two's complement: f - 256 when bit 7 is set */
         uint32_t f = bm__next_field(&r, BM_FMT_8BIT_FIELD_BITS);
-        *w++ = ((int32_t)f - (int32_t)((f & 128u) << 1)) * pk;
-    }
+        *w = ((int32_t)f - (int32_t)((f & 128u) << 1)) * pk;
+    } while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_NF4)
-BM__HOT static void bm__conv_decode_nf4(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_nf4(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
-    for (; n > 0; n--)
-        *w++ = (int32_t)bm__nf4[bm__next_field(&r, BM_FMT_NF4_FIELD_BITS)] * pk;
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
+    do
+        *w = (int32_t)bm__nf4[bm__next_field(&r, BM_FMT_NF4_FIELD_BITS)] * pk;
+    while (++w != end);
 }
 #endif
 
 #if BM__HAS_CONV(BM_FMT_TERNARY)
-BM__HOT static void bm__conv_decode_ternary(const uint32_t *row, int32_t n, int32_t pk, int32_t *w)
+BM__HOT static void bm__conv_decode_ternary(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
 {
     bm__fields r = {row, 0u, 0u};
+    int32_t *end = w + n, pk = (int32_t)1 << k;    /* a multiply by pk compiles to a shift */
     uint32_t t = 0, trits = 0;
-    for (; n > 0; n--) {                           /* 5 base-3 digits per byte: 0, 1, 2 -> 0, +1, -1 */
+    do {                                   /* 5 base-3 digits per byte: 0, 1, 2 -> 0, +1, -1 */
         uint32_t q, d;
         if (trits == 0u) {
             t = bm__next_field(&r, BM_FMT_TERNARY_FIELD_BITS);
@@ -764,8 +775,8 @@ BM__HOT static void bm__conv_decode_ternary(const uint32_t *row, int32_t n, int3
         q = bm__div3(t);
         d = t - (q + q + q);
         t = q;
-        *w++ = d == 0u ? 0 : d == 1u ? pk : -pk;
-    }
+        *w = d == 0u ? 0 : d == 1u ? pk : -pk;
+    } while (++w != end);
 }
 #endif
 #endif /* BM__CONV_MUL */
@@ -1035,7 +1046,7 @@ BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
 {
 #if BM__CONV_MUL
-    bm__fmts[fmt].decode(row, 9, (int32_t)1 << k, cw->w);
+    bm__fmts[fmt].decode(row, 9, k, cw->w);
 #else
     cw->dot = bm__fmts[fmt].dot;
     cw->row = row;
@@ -1186,8 +1197,10 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
                 a0 = a0 > 0 ? a0 : 0;
                 top |= (uint32_t)a0;
                 *o32++ = a0;
-            } else
-                *o++ = bm__requant1(a0, half, g, &top);
+            } else {
+                *o = bm__requant1(a0, half, g, &top);
+                o++;
+            }
         }
     }
     return top;
@@ -1219,7 +1232,7 @@ static void bm__conv_wide(const int8_t *x, int32_t cpg, int32_t h, int32_t w, co
     uint32_t hw = bm__umul((uint32_t)h, (uint32_t)w);
 #if BM__CONV_MUL
     int32_t wv[9 * BM_CFG_CONV_MAX_CPG];
-    bm__fmts[fmt].decode(row, n_w, (int32_t)1 << k, wv);
+    bm__fmts[fmt].decode(row, n_w, k, wv);
 #else
     bm__dot_fn dot = bm__fmts[fmt].dot;
 #endif
