@@ -21,7 +21,7 @@ class FormatSpec:
     name: str
     id: int                     # the engines' format id (BM_FMT_* in engine/bitmcu.h); -1: not exportable
     bits: float                 # storage bits per weight as packed (ternary: 8 bits / 5 trits)
-    field_bits: int             # bits of one packed field (ternary: 0, it packs trits; none: 0)
+    field_bits: int             # bits of one packed field (ternary: a byte of 5 trits; none: 0)
     codes: tuple[int, ...]      # sorted integer code set (empty for 'none')
     multiplier_free: bool       # engine needs only add/sub/shift
     max_abs_code: int
@@ -38,7 +38,7 @@ class FormatSpec:
 
     @property
     def codes_per_word(self) -> int:
-        """Weights held by one 32-bit word: 32 // field bits, or 20 for ternary (0: not exportable)."""
+        """Weights held by one 32-bit word: 32 // field bits, or 20 for ternary's 4 bytes (0: not exportable)."""
         if not self.exportable:
             return 0
         return TERNARY_PER_WORD if self.name == "ternary" else 32 // self.field_bits
@@ -53,7 +53,7 @@ def _odd(n: int) -> tuple[int, ...]:
 FORMATS: dict[str, FormatSpec] = {f.name: f for f in (
     FormatSpec("binary", 0, 1, 1, (-1, 1), True, 1, 2.0),
     FormatSpec("binarybalanced", 1, 1, 1, (-1, 1), True, 1, 2.0),
-    FormatSpec("ternary", 2, 1.6, 0, (-1, 0, 1), True, 1, 1.5),   # levels 0, +-2c/3: threshold c/3
+    FormatSpec("ternary", 2, 1.6, 8, (-1, 0, 1), True, 1, 1.5),   # levels 0, +-2c/3: threshold c/3
     FormatSpec("2bitsym", 3, 2, 2, _odd(3), True, 3, 4.0),
     FormatSpec("4bitsym", 4, 4, 4, _odd(15), True, 15, 16.0),
     FormatSpec("4bit", 5, 4, 4, tuple(range(-8, 8)), False, 8, 8.0),

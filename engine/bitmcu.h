@@ -69,6 +69,22 @@
      place of the channel's map. With BM_CFG_NO_MULTIPLY each 3x3 window is gathered for the format's
      row dot product instead. The loops (bm__conv_*) are functions of their own for SRAM placement.
 
+   FORMATS
+     Each weight format is described once: bitmcu.h's BM_FMT_x_FIELD_BITS and BM_FMT_x_CODES_PER_WORD (and
+     BM_NF4_CODES) below, and in bitmcu.c one descriptor per format (bm__fmts) with its codes per word and
+     the functions of each kernel this build has for it (row dot product, fast fc table builder and rows
+     kernel, conv weight decoder). The kernels read the descriptor instead of switching on the format.
+
+   CNN DRIVER
+     bm_run streams a CNN's conv layers one channel at a time (CONTRACT §6, "Streaming") in named steps
+     (bm__cnn_open, bm__cnn_pass, bm__cnn_channel, bm__cnn_hidden, bm__cnn_last, bm__cnn_settle,
+     bm__cnn_close, bm__cnn_trace). refimpl/stream.py is the same driver in Python under the same names,
+     and tests/test_stream.py holds the two equal, state between runs included.
+
+   KERNEL NAMES
+     The Python engines use the C names without bm_: refimpl/kernels.py and tests/naive.py have input, fc,
+     conv3x3, maxpool2, shiftnorm and argmax.
+
    USAGE
      #include "model.h"                       (generated; includes this header)
      int32_t logits[BM_NUM_CLASSES];
@@ -104,6 +120,30 @@
 #define BM_FMT_FP130 7
 #define BM_FMT_NF4 8
 #define BM_FMT_COUNT 9
+
+/* Per format: the bits of one packed field and the codes one 32-bit word holds (CONTRACT §9; equal to
+   contract/formats.py's field_bits and codes_per_word). Ternary packs 5 base-3 digits into each byte,
+   so its field is a byte. bitmcu.c's format descriptors are built from these. */
+#define BM_FMT_BINARY_FIELD_BITS 1
+#define BM_FMT_BINARY_CODES_PER_WORD 32
+#define BM_FMT_BINARYBALANCED_FIELD_BITS 1
+#define BM_FMT_BINARYBALANCED_CODES_PER_WORD 32
+#define BM_FMT_TERNARY_FIELD_BITS 8
+#define BM_FMT_TERNARY_CODES_PER_WORD 20
+#define BM_FMT_2BITSYM_FIELD_BITS 2
+#define BM_FMT_2BITSYM_CODES_PER_WORD 16
+#define BM_FMT_4BITSYM_FIELD_BITS 4
+#define BM_FMT_4BITSYM_CODES_PER_WORD 8
+#define BM_FMT_4BIT_FIELD_BITS 4
+#define BM_FMT_4BIT_CODES_PER_WORD 8
+#define BM_FMT_8BIT_FIELD_BITS 8
+#define BM_FMT_8BIT_CODES_PER_WORD 4
+#define BM_FMT_FP130_FIELD_BITS 4
+#define BM_FMT_FP130_CODES_PER_WORD 8
+#define BM_FMT_NF4_FIELD_BITS 4
+#define BM_FMT_NF4_CODES_PER_WORD 8
+/* The NF4 code of each 4-bit field 0..15 (CONTRACT §2), an initializer for int8_t[16]. */
+#define BM_NF4_CODES {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127}
 
 #define BM_FMT_BIT(id) (1u << (id))
 #define BM_FMTS_ALL 0x1FFu

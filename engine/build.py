@@ -45,6 +45,7 @@ int32_t bm_glue_model_info(int32_t *info);
 int32_t bm_glue_layer_info(int32_t i, int32_t *info, const char **name);
 int32_t bm_glue_run_batch(const uint8_t *pixels, int32_t n_images, int8_t *trace_acts,
                           int32_t *trace_shifts, int32_t *logits, int32_t *preds);
+int32_t bm_glue_feat(const uint8_t *set, uint8_t *get);
 
 static const char *const bm_glue_names[BM_N_LAYERS] = BM_LAYER_NAMES;
 
@@ -106,6 +107,21 @@ int32_t bm_glue_run_batch(const uint8_t *pixels, int32_t n_images, int8_t *trace
     }
     return BM_OK;
 }
+
+/* The CNN driver's state between runs (bitmcu.h, bm_model.feat): set (when not NULL) is written to it, then it
+   is copied to get (when not NULL). Returns its size, 0 for an fc model. */
+int32_t bm_glue_feat(const uint8_t *set, uint8_t *get)
+{
+    const bm_model *m = BM_MODEL;
+    uint32_t i;
+    for (i = 0; i < m->feat_bytes; i++) {
+        if (set != NULL)
+            m->feat[i] = set[i];
+        if (get != NULL)
+            get[i] = m->feat[i];
+    }
+    return (int32_t)m->feat_bytes;
+}
 """
 
 GLUE_CDEF = """
@@ -113,6 +129,7 @@ int32_t bm_glue_model_info(int32_t *info);
 int32_t bm_glue_layer_info(int32_t i, int32_t *info, const char **name);
 int32_t bm_glue_run_batch(const uint8_t *pixels, int32_t n_images, int8_t *trace_acts,
                           int32_t *trace_shifts, int32_t *logits, int32_t *preds);
+int32_t bm_glue_feat(const uint8_t *set, uint8_t *get);
 """
 
 # The kernels of bitmcu.h (cffi's cdef cannot read the header's preprocessor lines); the wrapper
@@ -128,6 +145,26 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
 bm_status bm_maxpool2(const int32_t *y, int32_t c, int32_t h, int32_t w, int32_t *out);
 int32_t bm_shiftnorm(const int32_t *y, int32_t n, int8_t *out);
 int32_t bm_argmax(const int32_t *logits, int32_t n);
+void bm_glue_formats(int32_t *field_bits, int32_t *codes_per_word, int32_t *nf4);
+"""
+
+# bitmcu.h's per-format constants, in format id order, for a test against the Python format table.
+FORMATS_C = r"""
+void bm_glue_formats(int32_t *field_bits, int32_t *codes_per_word, int32_t *nf4)
+{
+#define BM_GLUE_FMT(x) BM_FMT_##x##_FIELD_BITS, BM_FMT_##x##_CODES_PER_WORD
+    static const int32_t fmts[BM_FMT_COUNT][2] = {
+        {BM_GLUE_FMT(BINARY)}, {BM_GLUE_FMT(BINARYBALANCED)}, {BM_GLUE_FMT(TERNARY)}, {BM_GLUE_FMT(2BITSYM)},
+        {BM_GLUE_FMT(4BITSYM)}, {BM_GLUE_FMT(4BIT)}, {BM_GLUE_FMT(8BIT)}, {BM_GLUE_FMT(FP130)}, {BM_GLUE_FMT(NF4)}};
+    static const int8_t codes[16] = BM_NF4_CODES;
+    int32_t i;
+    for (i = 0; i < BM_FMT_COUNT; i++) {
+        field_bits[i] = fmts[i][0];
+        codes_per_word[i] = fmts[i][1];
+    }
+    for (i = 0; i < 16; i++)
+        nf4[i] = codes[i];
+}
 """
 
 
@@ -201,7 +238,7 @@ def build_kernel_library(out_dir: Path, sanitize: bool = False, defines: Sequenc
     if done:
         return done
     objs = _compile_objects([ENGINE_DIR / "bitmcu.c"], build_dir, [ENGINE_DIR], flags)
-    source = "".join(f"#define {d.replace('=', ' ', 1)}\n" for d in defines) + '#include "bitmcu.h"\n'
+    source = "".join(f"#define {d.replace('=', ' ', 1)}\n" for d in defines) + '#include "bitmcu.h"\n' + FORMATS_C
     return _cffi_module(name, KERNEL_CDEF, source, objs, build_dir, SANITIZE if sanitize else [], [ENGINE_DIR])
 
 

@@ -13,7 +13,8 @@ import numpy as np
 from contract import model as packed
 from contract.chips import CHIPS
 from contract.formats import FORMATS
-from engine.header import layout, render_header
+from contract.layout import layout
+from engine.header import render_header
 from pipeline.stages import export as stage
 from pipeline.stages.train import trained_model
 

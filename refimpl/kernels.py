@@ -1,5 +1,8 @@
 """Leaf numba kernels of engine/CONTRACT.md, on packed weights, over a batch of images.
 
+Each kernel has the name of its C twin without the bm_ prefix (bm_input -> input, bm_fc -> fc,
+bm_conv3x3 -> conv3x3, ...), as does tests/naive.py, so a mismatch names the same kernel everywhere.
+
 Rules (house style §3.3): every kernel is @njit(cache=True) with an explicit signature, uses no
 globals, no fastmath and never raises; refimpl/model.py validates shapes and ranges before calling.
 Weights stay packed (§9) and are decoded here, one row at a time, independently of
@@ -78,7 +81,7 @@ def out_shift(acc, k, relu):
 
 
 @njit("void(uint8[:, ::1], int64, int8[:, ::1])", cache=True)
-def input_map(pixels, zero, out):
+def input(pixels, zero, out):
     """CONTRACT §1: out[b, i] = (p >> 1) - Z for flattened uint8 pixels [B, N*N]."""
     for b in range(pixels.shape[0]):
         for i in range(pixels.shape[1]):
@@ -87,7 +90,7 @@ def input_map(pixels, zero, out):
 
 @njit("void(int8[:, ::1], uint32[::1], int64, int64, int64, uint8[::1], boolean, int64[:, ::1])",
       cache=True)
-def fc_layer(x, words, row_words, fmt_id, n_out, out_shifts, relu, out):
+def fc(x, words, row_words, fmt_id, n_out, out_shifts, relu, out):
     """out[b, o] = shift_k(sum_i x[b, i] * w[o, i]) for x [B, n_in], packed rows w (CONTRACT §3)."""
     n_in = x.shape[1]
     w = np.empty(n_in, dtype=np.int64)
@@ -103,7 +106,7 @@ def fc_layer(x, words, row_words, fmt_id, n_out, out_shifts, relu, out):
 
 @njit("void(int8[:, :, :, ::1], uint32[::1], int64, int64, int64, int64, uint8[::1], boolean,"
       " int64[:, :, :, ::1])", cache=True)
-def conv_layer(x, words, row_words, fmt_id, n_out, groups, out_shifts, relu, out):
+def conv3x3(x, words, row_words, fmt_id, n_out, groups, out_shifts, relu, out):
     """3x3 valid grouped correlation (CONTRACT §6) of x [B, Cin, H, W] into out [B, n_out, H-2, W-2].
 
     Output channel c reads input channels g*cpg .. g*cpg+cpg-1 with g = c // (n_out // groups) and
@@ -164,7 +167,7 @@ def shiftnorm(y, out, s_out):
 
 
 @njit("void(int64[:, ::1], int64[::1])", cache=True)
-def argmax_lowest(logits, out):
+def argmax(logits, out):
     """out[b] = index of the largest logit; ties go to the lowest index (strictly-greater scan)."""
     for b in range(logits.shape[0]):
         best = 0
@@ -174,5 +177,5 @@ def argmax_lowest(logits, out):
         out[b] = best
 
 
-KERNELS = {"input_map": input_map, "fc_layer": fc_layer, "conv_layer": conv_layer, "maxpool2": maxpool2,
-           "shiftnorm": shiftnorm, "argmax_lowest": argmax_lowest}
+KERNELS = {"input": input, "fc": fc, "conv3x3": conv3x3, "maxpool2": maxpool2,
+           "shiftnorm": shiftnorm, "argmax": argmax}

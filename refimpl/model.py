@@ -41,16 +41,16 @@ def _run_chunk(model: PackedModel, pixels: np.ndarray, lo: int, acts: list, shif
     b, n = pixels.shape[0], int(model.image_size)
     hi = lo + b
     x = acts[0][1][lo:hi]
-    K.input_map(np.ascontiguousarray(pixels.reshape(b, n * n)), int(model.input_zero), x.reshape(b, n * n))
+    K.input(np.ascontiguousarray(pixels.reshape(b, n * n)), int(model.input_zero), x.reshape(b, n * n))
     for i, lay in enumerate(model.layers):
         fmt_id, k = FORMAT_IDS[lay.format], lay.out_shifts.astype(np.uint8)
         n_out, rw, relu = lay.n_out, lay.row_words, lay.requant
         conv, pool = scratch[i]
         y = acts[i + 1][1][lo:hi] if not relu else conv[:b]      # logits go straight to their output
         if lay.kind == "fc":
-            K.fc_layer(x.reshape(b, int(np.prod(x.shape[1:]))), lay.words, rw, fmt_id, n_out, k, relu, y)
+            K.fc(x.reshape(b, int(np.prod(x.shape[1:]))), lay.words, rw, fmt_id, n_out, k, relu, y)
         else:
-            K.conv_layer(x, lay.words, rw, fmt_id, n_out, lay.groups, k, relu, y)
+            K.conv3x3(x, lay.words, rw, fmt_id, n_out, lay.groups, k, relu, y)
             if lay.pool:
                 K.maxpool2(y, pool[:b])
                 y = pool[:b]
@@ -78,5 +78,5 @@ def run(model: PackedModel, pixels: np.ndarray) -> dict[str, Any]:
         _run_chunk(model, p[lo:lo + CHUNK], lo, acts, shifts, scratch)
     logits = acts[-1][1]
     preds = np.empty(logits.shape[0], dtype=np.int64)
-    K.argmax_lowest(logits, preds)
+    K.argmax(logits, preds)
     return dict(logits=logits, preds=preds, acts=acts, shifts=shifts)

@@ -1,7 +1,8 @@
-"""Plain-Python twin of refimpl/kernels.py (same names), on UNPACKED integer codes, for tests only.
+"""Plain-Python twin of refimpl/kernels.py (its names: the C engine's without bm_), on UNPACKED integer
+codes, for tests only.
 
 Python ints and nested lists, written straight from engine/CONTRACT.md; no vectorisation. Also a
-bit-by-bit `pack` twin of pipeline/packing.pack (CONTRACT §9).
+bit-by-bit `pack` twin of contract/packing.pack (CONTRACT §9).
 """
 from __future__ import annotations
 
@@ -52,18 +53,18 @@ def _shift(acc: int, k: int, relu: bool) -> int:
     return max(acc, 0) * 2 ** k if relu else acc * 2 ** k
 
 
-def input_map(pixels, zero: int):
+def input(pixels, zero: int):
     """[B][L] pixels -> (p >> 1) - Z."""
     return [[int(p) // 2 - zero for p in img] for img in pixels]
 
 
-def fc_layer(x, codes, out_shifts, relu: bool):
+def fc(x, codes, out_shifts, relu: bool):
     """x [B][n_in], codes [n_out][n_in] -> [B][n_out] (hidden: ReLU then * 2^k; final: acc * 2^k)."""
     return [[_shift(sum(int(a) * int(w) for a, w in zip(xb, row)), int(k), relu)
              for row, k in zip(codes, out_shifts)] for xb in x]
 
 
-def conv_layer(x, codes, groups: int, out_shifts, relu: bool):
+def conv3x3(x, codes, groups: int, out_shifts, relu: bool):
     """x [B][Cin][H][W], codes [n_out][cpg*9] ([ci][dy][dx]) -> [B][n_out][H-2][W-2], valid 3x3."""
     n_out, cin = len(codes), len(x[0]) if x else 0
     cpg, opg = cin // groups, n_out // groups
@@ -107,6 +108,6 @@ def shiftnorm(y):
     return outs, shifts
 
 
-def argmax_lowest(logits):
+def argmax(logits):
     """[B][n] -> [B]: first index of the maximum."""
     return [list(row).index(max(row)) for row in logits]

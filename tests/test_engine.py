@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from engine.build import (ENGINE_DIR, build_kernel_library, build_library, load_library, model_info, run_c,
                           sanitizer_env)
-from engine.header import MODEL_BYTES, layout, render_header
+from contract.layout import MODEL_BYTES, layout
+from engine.header import render_header
 from contract.packing import codes_per_word, pack
-from contract.formats import FORMATS
+from contract.formats import FORMATS, NF4_CODES
 from contract.spec import ACC_LIMIT, MAX_OUT_SHIFT, ModelSpec, layer_bound
 from mcu.build import CC as RV_CC  # the cross compiler and its objdump (BITMCU_CROSS may name another)
 from mcu.build import OBJDUMP as RV_OBJDUMP
@@ -91,11 +92,23 @@ def test_format_ids_match_refimpl():
     assert ids == FORMAT_IDS
 
 
+def test_format_constants_match_the_python_format_table(klib):
+    """bitmcu.h's BM_FMT_x_FIELD_BITS, BM_FMT_x_CODES_PER_WORD and BM_NF4_CODES, which the engine's format
+    descriptors are built from, equal the format table's (contract/formats.py)."""
+    n = len(FORMAT_IDS)
+    bits, per, nf4 = (klib.ffi.new(f"int32_t[{k}]") for k in (n, n, 16))
+    klib.lib.bm_glue_formats(bits, per, nf4)
+    for fmt, i in FORMAT_IDS.items():
+        assert per[i] == codes_per_word(fmt), fmt
+        assert bits[i] == FORMATS[fmt].field_bits, fmt
+    assert list(nf4) == list(NF4_CODES)
+
+
 @settings(max_examples=80, deadline=None)
 @given(fc_cases())
 def test_fc_matches_naive(fclib, case):
     got = c_fc(fclib, case)
-    want = naive.fc_layer(case["x"].tolist(), case["codes"].tolist(), case["out_shifts"].tolist(), case["relu"])
+    want = naive.fc(case["x"].tolist(), case["codes"].tolist(), case["out_shifts"].tolist(), case["relu"])
     note(f"{case['fmt']} {case['codes'].shape} relu {case['relu']}: {_first_diff(got, want)}")
     assert got.tolist() == want
 
@@ -122,7 +135,7 @@ def test_conv3x3_matches_naive(convlib, case):
                                   rw, FORMAT_IDS[fmt], c.shape[0], case["groups"], _shift_ptr(klib, case["out_shifts"]),
                                   int(case["relu"]), _buf(klib, "int32_t[]", out[i]))
         assert st_ == BM_OK
-    want = naive.conv_layer(x.tolist(), c.tolist(), case["groups"], case["out_shifts"].tolist(), case["relu"])
+    want = naive.conv3x3(x.tolist(), c.tolist(), case["groups"], case["out_shifts"].tolist(), case["relu"])
     note(f"{fmt} groups {case['groups']} x {x.shape}: {_first_diff(out, want)}")
     assert out.tolist() == want
 
@@ -159,7 +172,7 @@ def test_shiftnorm_matches_naive(klib, y):
 @example([-1, 7, 7])
 def test_argmax_ties_go_to_lowest_index(klib, row):
     a = np.array(row, dtype=np.int32)
-    assert klib.lib.bm_argmax(_buf(klib, "const int32_t[]", a), a.size) == naive.argmax_lowest([row])[0]
+    assert klib.lib.bm_argmax(_buf(klib, "const int32_t[]", a), a.size) == naive.argmax([row])[0]
 
 
 def test_input_map_every_pixel(klib):
@@ -167,7 +180,7 @@ def test_input_map_every_pixel(klib):
     for z in (0, 16, 127):
         out = np.zeros(256, dtype=np.int8)
         assert klib.lib.bm_input(_buf(klib, "const uint8_t[]", p), 256, z, _buf(klib, "int8_t[]", out)) == BM_OK
-        assert out.tolist() == naive.input_map([p.tolist()], z)[0]
+        assert out.tolist() == naive.input([p.tolist()], z)[0]
 
 
 def test_extreme_fc_accumulator_reaches_the_bound(fclib):
@@ -202,7 +215,7 @@ def test_fc_rows_around_word_edges(fclib, fmt):
         x, shifts = _edge_activations(rng, n_in), np.arange(8, dtype=np.uint8)
         for relu in (False, True):
             got = c_fc(fclib, dict(fmt=fmt, codes=codes, x=x, out_shifts=shifts, relu=relu))
-            want = naive.fc_layer(x.tolist(), codes.tolist(), shifts.tolist(), relu)
+            want = naive.fc(x.tolist(), codes.tolist(), shifts.tolist(), relu)
             assert got.tolist() == want, f"{fmt} n_in {n_in} relu {relu}: {_first_diff(got, want)}"
 
 
@@ -218,7 +231,7 @@ def test_fc_longest_legal_rows(fclib, fmt, k):
     x = _edge_activations(rng, n_in)
     shifts = np.full(3, k, dtype=np.uint8)
     got = c_fc(fclib, dict(fmt=fmt, codes=codes, x=x, out_shifts=shifts, relu=False))
-    want = naive.fc_layer(x.tolist(), codes.tolist(), shifts.tolist(), False)
+    want = naive.fc(x.tolist(), codes.tolist(), shifts.tolist(), False)
     assert got.tolist() == want, _first_diff(got, want)
     assert np.abs(got).max() == layer_bound(n_in, fmt, k)
 

@@ -21,7 +21,7 @@ FEW = settings(max_examples=30, deadline=None)
 def _fc(case):
     words, rw = pack(case["codes"], case["fmt"])
     out = np.empty((case["x"].shape[0], case["codes"].shape[0]), dtype=np.int64)
-    K.fc_layer(case["x"], words, rw, FORMAT_IDS[case["fmt"]], case["codes"].shape[0], case["out_shifts"],
+    K.fc(case["x"], words, rw, FORMAT_IDS[case["fmt"]], case["codes"].shape[0], case["out_shifts"],
                case["relu"], out)
     return out
 
@@ -65,7 +65,7 @@ def test_decode_row_matches_unpack(data):
 @given(fc_cases())
 def test_fc_layer_matches_naive(case):
     got = _fc(case)
-    want = naive.fc_layer(case["x"].tolist(), case["codes"].tolist(), case["out_shifts"].tolist(), case["relu"])
+    want = naive.fc(case["x"].tolist(), case["codes"].tolist(), case["out_shifts"].tolist(), case["relu"])
     note(f"{case['fmt']} {case['codes'].shape}: {_first_diff(got, want)}")
     assert got.tolist() == want
 
@@ -76,8 +76,8 @@ def test_conv_layer_matches_naive(case):
     x, c, fmt = case["x"], case["codes"], case["fmt"]
     words, rw = pack(c, fmt)
     out = np.empty((x.shape[0], c.shape[0], x.shape[2] - 2, x.shape[3] - 2), dtype=np.int64)
-    K.conv_layer(x, words, rw, FORMAT_IDS[fmt], c.shape[0], case["groups"], case["out_shifts"], case["relu"], out)
-    want = naive.conv_layer(x.tolist(), c.tolist(), case["groups"], case["out_shifts"].tolist(), case["relu"])
+    K.conv3x3(x, words, rw, FORMAT_IDS[fmt], c.shape[0], case["groups"], case["out_shifts"], case["relu"], out)
+    want = naive.conv3x3(x.tolist(), c.tolist(), case["groups"], case["out_shifts"].tolist(), case["relu"])
     note(f"{fmt} groups {case['groups']} x {x.shape}: {_first_diff(out, want)}")
     assert out.tolist() == want
 
@@ -144,8 +144,8 @@ def test_input_map_every_pixel():
     p = np.arange(256, dtype=np.uint8).reshape(1, 256)
     for z in (0, 16, 127):
         out = np.empty((1, 256), dtype=np.int8)
-        K.input_map(p, z, out)
-        assert out.tolist() == naive.input_map(p.tolist(), z)
+        K.input(p, z, out)
+        assert out.tolist() == naive.input(p.tolist(), z)
         assert out.min() == -z and out.max() == 127 - z
 
 
@@ -156,8 +156,8 @@ def test_input_map_every_pixel():
 def test_argmax_ties_go_to_lowest_index(rows):
     logits = np.array(rows, dtype=np.int64)
     out = np.empty(len(rows), dtype=np.int64)
-    K.argmax_lowest(logits, out)
-    assert out.tolist() == naive.argmax_lowest(rows)
+    K.argmax(logits, out)
+    assert out.tolist() == naive.argmax(rows)
     assert out.tolist() == [int(np.argmax(r)) for r in logits]           # numpy also takes the first
 
 
@@ -184,7 +184,7 @@ def test_run_matches_int_eval(spec, monkeypatch):
         assert a.shape == tuple(r.shape), name
         assert np.array_equal(a, r.numpy()), f"{name}: {_first_diff(a, r.numpy())}"
     assert np.array_equal(got["logits"], ref.logits.numpy())
-    assert got["preds"].tolist() == naive.argmax_lowest(ref.logits.tolist())
+    assert got["preds"].tolist() == naive.argmax(ref.logits.tolist())
     if spec.scaling == "per_output":
         assert any(lay["out_shifts"].max() > 0 for lay in exp["layers"])
 

@@ -1,0 +1,54 @@
+"""The engine's memory layout of a packed model: the buffer sizes the streaming driver needs and the flash
+the model takes, computed once at export (CONTRACT §6). The C header (engine/header.py), the size gates and
+the Python twin of the streaming driver (refimpl/stream.py) all read them from here. numpy only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from contract.model import PackedModel
+
+LAYER_BYTES = 32      # sizeof(bm_layer) on a 32-bit target (ilp32 / ilp32e)
+MODEL_BYTES = 44      # sizeof(bm_model) on a 32-bit target
+
+
+def layout(model: PackedModel) -> dict[str, Any]:
+    """Sizes of a packed model, as the header #defines them.
+
+    The conv layers of a CNN stream one channel at a time (CONTRACT §6, "Streaming"), so their
+    buffers hold one channel's maps. acc_words: the largest int32 output, of a hidden fc layer (n_out)
+    or of the last conv layer on one channel (its (H-2)*(W-2) map before the pool, a pool's odd last row
+    and column left out); the final layer writes the caller's logits directly. act_bytes: the largest
+    int8 activation held whole: the N*N input, a hidden fc output or the CNN's C*H*W features; a layer's
+    input is dead once its int32 outputs exist. chan_bytes: one channel's N*N working map, which the conv
+    layers but the last requantize in place (none for a single conv layer). feat_bytes: the last conv
+    layer's C*H*W values kept to 8 bits, C exponents and 4 bytes per conv layer (the shifts used and
+    measured, and a channel that reached the shift, in this run and the last). ram = 4*acc_words +
+    act_bytes + chan_bytes + feat_bytes. trace_act_bytes: x0 plus every requantized output, in order.
+    flash: weight words, shift bytes (per_tensor layers store none), and the layer table + model struct
+    on a 32-bit target.
+    """
+    n = int(model.image_size)
+    hidden = [lay for lay in model.layers if lay.requant]
+    convs = [lay for lay in model.layers if lay.kind != "fc"]
+    fcs = [lay for lay in hidden if lay.kind == "fc"]
+    out_len = [int(np.prod(lay.out_shape)) for lay in hidden]
+    acc = [int(lay.n_out) for lay in fcs]
+    if convs:
+        h, w = int(convs[-1].in_shape[1]) - 2, int(convs[-1].in_shape[2]) - 2
+        acc.append((h - h % 2) * (w - w % 2) if convs[-1].pool else h * w)
+    feats = [int(np.prod(convs[-1].out_shape))] if convs else []
+    chan_bytes = n * n if len(convs) > 1 else 0
+    feat_bytes = feats[0] + int(convs[-1].n_out) + 4 * len(convs) if convs else 0
+    shift_bytes = sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any())
+    weight_bytes = sum(4 * int(np.asarray(lay.words).size) for lay in model.layers)
+    table_bytes = LAYER_BYTES * len(model.layers) + MODEL_BYTES
+    acc_words = max([1, *acc])
+    act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
+    return dict(acc_words=acc_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,
+                trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),
+                ram_bytes=4 * acc_words + act_bytes + chan_bytes + feat_bytes, weight_bytes=weight_bytes,
+                shift_bytes=shift_bytes, table_bytes=table_bytes,
+                flash_bytes=weight_bytes + shift_bytes + table_bytes)

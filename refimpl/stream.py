@@ -1,0 +1,262 @@
+"""The C engine's channel-streaming CNN driver (engine/bitmcu.c, "CNN streaming"), step by step in Python.
+
+Each function here is the C function of the same name without its bm__ prefix (bm__cnn_pass -> cnn_pass, ...),
+and works on the same buffers as the C driver: `act` (x0, then the features), `chan` (one channel's N x N
+working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the bytes that carry the
+driver's state from run to run (the last layer's cached bytes, its exponents, then per conv layer the shift
+guessed, the shift measured and the channels that reached it). A test runs images through both and compares
+the logits, the trace and `feat` after every run (tests/test_stream.py). It is written for reading, not speed;
+refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
+(CONTRACT §6, "Streaming").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from contract.layout import layout
+from contract.formats import FORMAT_IDS
+from contract.model import PackedLayer, PackedModel
+from refimpl import kernels as K
+
+
+def shift_to(m: int, bits: int) -> int:
+    """bm__shift_to: the smallest s >= 0 with (m >> s) < 2^bits, for m >= 0."""
+    return max(0, int(m).bit_length() - bits)
+
+
+def listed(hot: np.ndarray, n: int, c: int) -> bool:
+    """bm__listed: c is one of hot[0..n)."""
+    return c in hot[:n].tolist()
+
+
+def cnn_features(model: PackedModel, convs: list[PackedLayer]) -> int:
+    """bm__cnn_features, for a model that PackedModel.check accepts: C*H*W of the last conv layer."""
+    return int(np.prod(convs[-1].out_shape))
+
+
+def reguess(guess: np.ndarray, j: int, nh: int, to: int) -> None:
+    """bm__reguess: guess[j] = to, and the next guessed layer's guess moves the other way by as much."""
+    if j + 1 < nh:
+        g = int(guess[j + 1]) + int(guess[j]) - to
+        guess[j + 1] = min(max(g, 0), 24)
+    guess[j] = to
+
+
+@dataclass
+class Cnn:
+    """bm__cnn: one run's streaming state and its buffers."""
+    layers: list[PackedLayer]     # the conv layers (packed, contract.model.from_export)
+    act: np.ndarray                  # int8 [act_bytes]: x0, then the features
+    chan: np.ndarray                 # int8 [N, N]: one channel's working map
+    acc: np.ndarray                  # int64 [acc_words]: the last layer's channel map
+    feat: np.ndarray                 # uint8 [feat_bytes]
+    trace: np.ndarray | None         # int8: the conv layers' part of the trace, or None
+    n: int = 0                       # conv layers
+    nh: int = 0                      # the layers with a guessed shift: all but the last
+    ch: int = 0                      # channels
+    nn: int = 0                      # N
+    feats: int = 0                   # C*H*W values of the last layer
+    stops: int = 0                   # passes of this run stopped early
+    probe: bool = True               # until the run's first channel has its conv1 shift, the first guess
+    cache: np.ndarray = field(default=None)    # feat's regions (cnn_open): the last layer's bytes y >> a,
+    exps: np.ndarray = field(default=None)     # a per channel,
+    guess: np.ndarray = field(default=None)    # the shifts used, kept from run to run,
+    meas: np.ndarray = field(default=None)     # the shifts measured in the pass under way,
+    hot: np.ndarray = field(default=None)      # channels that reached their layer's shift, kept from run to run,
+    seen: np.ndarray = field(default=None)     # the same for the pass under way
+
+
+def cnn_open(st: Cnn, feats: int) -> None:
+    """bm__cnn_open: lay out feat and take the previous run's guesses and hot channels (0 when out of range)."""
+    st.n, st.ch, st.nn, st.feats = len(st.layers), int(st.layers[0].n_out), int(st.layers[0].in_shape[2]), feats
+    st.nh, st.stops, st.probe = st.n - 1, 0, True
+    off = 0
+    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n), ("hot", st.n),
+                       ("seen", st.n)):
+        setattr(st, name, st.feat[off:off + size])        # views: the steps write feat itself
+        off += size
+    for j in range(st.n):
+        if st.guess[j] > 24:
+            st.guess[j] = 0
+        if st.hot[j] >= st.ch:
+            st.hot[j] = 0
+
+
+def cnn_weights(lay: PackedLayer, c: int) -> np.ndarray:
+    """bm__cnn_weights: channel c's 9 weights times 2^k ([dy][dx]), as the multiply build folds them."""
+    w = np.empty(9, dtype=np.int64)
+    K.decode_row(lay.words, c * int(lay.row_words), 9, FORMAT_IDS[lay.format], w)
+    return w.reshape(3, 3) << int(np.asarray(lay.out_shifts)[c])
+
+
+def _conv(x: np.ndarray, w: np.ndarray, h: int, v: int) -> np.ndarray:
+    """max(0, window (r, q) . w) for r < h, q < v of a map x (the conv kernels, ReLU included)."""
+    y = sum(x[dy:dy + h, dx:dx + v].astype(np.int64) * w[dy, dx] for dy in range(3) for dx in range(3))
+    return np.maximum(y, 0)
+
+
+def _pool(y: np.ndarray) -> np.ndarray:
+    """2x2 max-pool of a map with even sides."""
+    return np.maximum(np.maximum(y[0::2, 0::2], y[0::2, 1::2]), np.maximum(y[1::2, 0::2], y[1::2, 1::2]))
+
+
+def _conv_pooled(st: Cnn, lay: PackedLayer, x: np.ndarray, c: int) -> np.ndarray:
+    """The layer's values for channel c: conv, ReLU, << k, then its pool; a pool's dropped odd row and column
+    are not computed (bm__conv_pool), the others are (bm__conv_q, bm__conv_y)."""
+    h, v = int(lay.in_shape[1]) - 2, int(lay.in_shape[2]) - 2
+    w = cnn_weights(lay, c)
+    if lay.pool:
+        return _pool(_conv(x, w, h & ~1, v & ~1))
+    return _conv(x, w, h, v)
+
+
+def cnn_hidden(st: Cnn, lay: PackedLayer, x: np.ndarray, c: int, g: int) -> int:
+    """bm__cnn_hidden: layer lay (not the last) of channel c on map x, requantized with shift g into chan.
+    Returns the shift of the channel's own maximum (the C kernels OR the values: the same bit length)."""
+    y = _conv_pooled(st, lay, x, c)
+    half = (1 << g) >> 1
+    st.chan[:y.shape[0], :y.shape[1]] = np.minimum((y + half) >> g, 127) * (y > 0)
+    return shift_to(int(y.max(initial=0)), 7)
+
+
+def cnn_last(st: Cnn, lay: PackedLayer, x: np.ndarray, c: int) -> int:
+    """bm__cnn_last: the last layer of channel c into acc, kept in the cache as bytes y >> a with a = exps[c]
+    the smallest shift that brings the channel's maximum to 8 bits. Returns the channel's own shift."""
+    y = _conv_pooled(st, lay, x, c)
+    plane = y.size
+    st.acc[:plane] = y.reshape(-1)
+    top = int(y.max(initial=0))
+    a = shift_to(top, 8)
+    st.exps[c] = a
+    st.cache[c * plane:(c + 1) * plane] = st.acc[:plane] >> a
+    return shift_to(top, 7)
+
+
+def cnn_trace_map(st: Cnn, lay: PackedLayer, tl: int, c: int) -> None:
+    """bm__cnn_trace_map: channel c's map of layer lay (in chan) into the layer's trace at offset tl."""
+    h, v = (int(d) for d in lay.out_shape[1:])
+    st.trace[tl + c * h * v:tl + (c + 1) * h * v] = st.chan[:h, :v].reshape(-1)
+
+
+def cnn_channel(st: Cnn, i: int, c: int) -> int:
+    """bm__cnn_channel: channel c, at position i of the pass, through every conv layer. Returns the layer whose
+    guess it proves wrong (too low, or the run's first probe differs), where the pass stops, or n."""
+    x = st.act[:st.nn * st.nn].reshape(st.nn, st.nn)
+    tl = 0
+    for j, lay in enumerate(st.layers[:st.nh]):
+        s = cnn_hidden(st, lay, x, c, int(st.guess[j]))
+        x = st.chan
+        if i == 0 or s > st.meas[j]:
+            st.seen[j] = c
+        if s > st.meas[j]:
+            st.meas[j] = s
+        if st.stops < 2 * st.n and (s > st.guess[j] or (st.probe and s != st.guess[j])):
+            st.probe = False
+            return j
+        st.probe = False
+        if st.trace is not None:
+            cnn_trace_map(st, lay, tl, c)
+            tl += st.ch * int(np.prod(lay.out_shape[1:]))
+    s = cnn_last(st, st.layers[st.nh], x, c)
+    if s > st.meas[st.nh]:
+        st.meas[st.nh] = s
+    return st.n
+
+
+def cnn_pass(st: Cnn) -> int:
+    """bm__cnn_pass: every channel, hot[i] for positions i < nh (each channel once), then channel i - nh
+    unless it was hot. Returns where the pass stopped, or n."""
+    st.meas[:] = 0
+    wrong, i = st.n, 0
+    while i < st.nh + st.ch and wrong == st.n:
+        c = int(st.hot[i]) if i < st.nh else i - st.nh
+        if not listed(st.hot, min(i, st.nh), c):
+            wrong = cnn_channel(st, i, c)
+        i += 1
+    return wrong
+
+
+def cnn_settle(st: Cnn, wrong: int) -> bool:
+    """bm__cnn_settle: True when the pass went through with every guess equal to its measure; else False, with
+    the guess that stopped it, or else the first wrong one, replaced by its measure."""
+    if wrong < st.n:
+        st.stops += 1
+    else:
+        wrong = next((j for j in range(st.nh) if st.meas[j] != st.guess[j]), st.nh)
+        if wrong >= st.nh:
+            return True
+    reguess(st.guess, wrong, st.nh, int(st.meas[wrong]))
+    return False
+
+
+def cnn_close(st: Cnn) -> None:
+    """bm__cnn_close: the last layer's shift becomes its guess, the pass's hot channels the next run's, and the
+    cached bytes requantized with d = s - a_c give the features in act."""
+    s = int(st.meas[st.nh])
+    st.guess[st.nh] = s
+    st.hot[:st.nh] = st.seen[:st.nh]
+    plane = st.feats // st.ch
+    for c in range(st.ch):
+        d = s - int(st.exps[c])
+        v = st.cache[c * plane:(c + 1) * plane].astype(np.int64)
+        st.act[c * plane:(c + 1) * plane] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+
+
+def cnn_trace(st: Cnn) -> list[int]:
+    """bm__cnn_trace: the features after the hidden maps in the trace; returns the n shifts for it."""
+    if st.trace is not None:
+        st.trace[st.trace.size - st.feats:] = st.act[:st.feats]
+    return [int(g) for g in st.guess]
+
+
+def run_cnn(st: Cnn, feats: int) -> tuple[list[int], int]:
+    """bm__run_cnn: the conv layers on x0 in act; returns their shifts and the number of passes taken."""
+    cnn_open(st, feats)
+    passes = 1
+    while not cnn_settle(st, cnn_pass(st)):
+        passes += 1
+    cnn_close(st)
+    return cnn_trace(st), passes
+
+
+def new_feat(model: PackedModel) -> np.ndarray:
+    """The driver's state of a fresh device: feat_bytes zero bytes (a static buffer)."""
+    return np.zeros(layout(model)["feat_bytes"], dtype=np.uint8)
+
+
+def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, Any]:
+    """bm_run on one image [N, N] of a packed CNN (contract.model.from_export), with the driver's state feat
+    (updated in place, as the device's). Returns logits, the trace acts as bm_trace lays them out (x0, then
+    every requantized layer, flat), the shifts and the passes the conv layers took."""
+    sizes = layout(model)
+    n = int(model.image_size)
+    convs = [lay for lay in model.layers if lay.kind != "fc"]
+    fcs = model.layers[len(convs):]
+    act = np.zeros(sizes["act_bytes"], dtype=np.int8)
+    x0 = np.empty((1, n * n), dtype=np.int8)
+    K.input(np.ascontiguousarray(pixels.reshape(1, n * n)), int(model.input_zero), x0)
+    act[:n * n] = x0[0]
+    feats = cnn_features(model, convs)
+    hidden = sum(int(np.prod(lay.out_shape)) for lay in convs[:-1])
+    st = Cnn(layers=convs, act=act, chan=np.zeros((n, n), dtype=np.int8),
+             acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=feat,
+             trace=np.zeros(hidden + feats, dtype=np.int8))
+    shifts, passes = run_cnn(st, feats)
+    acts = [x0[0], st.trace]
+    x = act[:feats].reshape(1, feats)
+    for lay in fcs:
+        relu = bool(lay.requant)
+        y = np.empty((1, int(lay.n_out)), dtype=np.int64)
+        K.fc(np.ascontiguousarray(x), lay.words, int(lay.row_words), FORMAT_IDS[lay.format],
+             int(lay.n_out), np.asarray(lay.out_shifts).astype(np.uint8), relu, y)
+        if not relu:
+            return dict(logits=y[0], acts=np.concatenate(acts), shifts=shifts, passes=passes)
+        x = np.empty_like(y, dtype=np.int8)
+        s = np.empty(1, dtype=np.int64)
+        K.shiftnorm(y, x, s)
+        acts.append(x[0])
+        shifts.append(int(s[0]))
+    raise ValueError("refimpl.stream.run: the model has no final fc layer")
