@@ -2,7 +2,7 @@
 
 Each row says how a weight is stored (field bits, codes per 32-bit word), which integer codes it
 takes, whether an engine needs a multiplier for it, and the id the numba and C engines dispatch on.
-The C engine's constants (engine/bitmcu.h) are checked against this table by tests/test_engine.py.
+The C engine's constants (engine/bitmcu.h) are checked against this table by tests/engine/test_bitmcu.py.
 """
 from __future__ import annotations
 

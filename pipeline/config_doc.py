@@ -2,7 +2,7 @@
 
     python -m pipeline.config_doc      # rewrites docs/config.md
 
-tests/test_config_doc.py fails when the committed file differs from render(). Imports no torch.
+tests/pipeline/test_config_doc.py fails when the committed file differs from render(). Imports no torch.
 """
 from __future__ import annotations
 

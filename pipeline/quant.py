@@ -239,7 +239,7 @@ class _Requant(torch.autograd.Function):
     constant), written out in closed form:
     an autograd graph of the surrogate costs ~15 extra ops per layer and step, most of the step's time.
     The surrogate is rescaled by sigma(q) so its slope has the size of the true slope ~2^-s and
-    gradients keep their scale through deep stacks. tests/test_quant.py checks this backward against
+    gradients keep their scale through deep stacks. tests/pipeline/test_quant.py checks this backward against
     autograd of sur(acc). `fused` runs both halves through torch.compile (each is ~15 passes over a
     CNN's feature maps when eager); taking the ReLU in here saves two more passes.
     """

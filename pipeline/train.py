@@ -80,7 +80,7 @@ def evaluate(model: QModel, images: torch.Tensor, labels: torch.Tensor, batch: i
     """Accuracy and predictions over every image (no partial batch is dropped).
 
     int_eval=True runs the contract's integer path (the figure we report); False runs forward's
-    exact-float path, which gives the same logits (tests/test_models.py) in a fraction of the time.
+    exact-float path, which gives the same logits (tests/pipeline/test_models.py) in a fraction of the time.
     """
     model.eval()
     run = (lambda x: model.int_eval(x).logits) if int_eval else (lambda x: model(x, scaled=False))

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 # Format ids (fmt_id) are contract.formats' FORMATS[name].id; the kernels spell them and the NF4 codes
-# as literals (numba caches compiled kernels by this file alone), and tests/test_refimpl.py checks
+# as literals (numba caches compiled kernels by this file alone), and tests/refimpl/test_model.py checks
 # them against the table.
 
 @njit("int64(int64, int64)", cache=True)

@@ -5,7 +5,7 @@ and works on the same buffers as the C driver: `act` (x0, then the features), `c
 working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the bytes that carry the
 driver's state from run to run (the last layer's cached bytes, its exponents, then per conv layer the shift
 guessed, the shift measured and the channels that reached it). A test runs images through both and compares
-the logits, the trace and `feat` after every run (tests/test_stream.py). It is written for reading, not speed;
+the logits, the trace and `feat` after every run (tests/refimpl/test_stream.py). It is written for reading, not speed;
 refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
 (CONTRACT §6, "Streaming").
 """

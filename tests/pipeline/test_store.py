@@ -15,7 +15,7 @@ from pipeline.config import SCHEMA
 from pipeline.graph import STAGES, Plan
 from pipeline.store import Store, StoreError
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 # The real graph's shape (keys, inputs) with bodies that only record that they ran.
 FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=(), variants=(), outputs=("out.txt",))

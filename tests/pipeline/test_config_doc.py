@@ -5,7 +5,7 @@ import sys
 from pipeline import config_doc
 from pipeline.config import SCHEMA
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 REGENERATE = "regenerate it with `./run python -m pipeline.config_doc` and commit docs/config.md"
 

@@ -15,7 +15,7 @@ from pipeline.models import build_model
 from contract.spec import model_spec
 from pipeline.train import make_optimizer
 
-from .conftest import ROOT, TINY, entry
+from tests.conftest import ROOT, TINY, entry
 
 
 def weights(plan):

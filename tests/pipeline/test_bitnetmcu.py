@@ -19,7 +19,7 @@ from pipeline import config
 from pipeline.bitnetmcu import CheckpointError, read_checkpoint, to_qmodel, write_config
 from contract.spec import model_spec
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 TYPES = ("Binary", "Ternary", "2bitsym", "4bit", "4bitsym", "8bit", "FP130", "NF4")
 OURS = {"Binary": "binarybalanced", "Ternary": "ternary", "2bitsym": "2bitsym", "4bit": "4bit",

@@ -6,7 +6,7 @@ import pytest
 from pipeline import config
 from pipeline.config import SCHEMA, ConfigError
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def _load(tmp_path, text):
@@ -24,7 +24,7 @@ def _error(tmp_path, text) -> str:
 def test_presets_load_and_name_runs():
     from pipeline.sweep import is_sweep
     for p in sorted((ROOT / "configs").glob("*.yaml")):
-        if is_sweep(p):  # tests/test_sweep.py covers those
+        if is_sweep(p):  # tests/pipeline/test_sweep.py covers those
             continue
         cfg = config.load(p)
         assert cfg.name == p.stem

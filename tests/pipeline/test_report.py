@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline import report
 from pipeline.graph import Plan
 
-from .conftest import upstream
+from tests.conftest import upstream
 
 pytestmark = [pytest.mark.mnist, pytest.mark.riscv]  # the report shows the firmware and emulate stages
 

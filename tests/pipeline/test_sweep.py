@@ -7,8 +7,8 @@ from pipeline import config, sweep
 from pipeline.config import ConfigError
 from pipeline.graph import STAGES
 
-from .conftest import ROOT
-from .test_dodo import doit
+from tests.conftest import ROOT
+from tests.test_dodo import doit
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

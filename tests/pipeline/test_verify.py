@@ -15,7 +15,7 @@ from pipeline.stages.train import trained_model
 from refimpl import kernels as K
 from refimpl import model as refmodel
 
-from .conftest import ROOT, entry
+from tests.conftest import ROOT, entry
 
 pytestmark = pytest.mark.mnist
 

@@ -28,7 +28,7 @@ from refimpl.model import run
 from tests import naive
 from tests.strategies import EXPORTABLE, MODEL_SPECS, conv_cases, fc_cases, random_model, shiftnorm_inputs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MULFREE = sum(1 << FORMAT_IDS[f] for f in EXPORTABLE if FORMATS[f].multiplier_free)
 BM_OK, BM_ERR_ARG, BM_ERR_FORMAT = 0, -1, -2
 

@@ -26,7 +26,7 @@ from contract.spec import ModelSpec
 from contract.model import PackedModel, from_export, save
 from tests.strategies import random_model
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 TINY = ModelSpec(kind="fc", image_size=8, widths=(16, 12), formats=("4bitsym",))
 
