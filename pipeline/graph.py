@@ -95,6 +95,11 @@ class Plan:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))
+        except KeyboardInterrupt:
+            msg = (f"interrupted: nothing of stage {name} was stored and nothing stored is damaged; the same "
+                   "command carries on" + (" from the last finished epoch" if name == "train" else ""))
+            print(f"\n{msg}", file=sys.stderr, flush=True)
+            return TaskFailed(msg)
         link = self.store.link(self.cfg.name, name, key)
         print(f"[{name}] stored {self.store.path(name, key)} (linked as {link})", flush=True)
         _show_page(name, link)

@@ -21,10 +21,11 @@ from typing import Protocol, TextIO
 import numpy as np
 from PIL import Image
 
-from contract.chips import CHIP_NAMES
+from contract.chips import CHIP_NAMES, CHIPS
 from contract.errors import UserError
 from mcu import protocol
 from mcu.protocol import Message, Parser
+from pipeline.store import SUMMARY
 
 
 class Link(Protocol):
@@ -115,13 +116,40 @@ def mnist_test(indices: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
     return downscale(arrays["test_images"][indices], n), arrays["test_labels"][indices]
 
 
-def _emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
-    """A firmware stage folder (its summary names the target) or an ELF with --target."""
-    if path.is_dir():
-        from pipeline.stages import firmware
+def elf_arch(elf: Path) -> str:
+    """The ISA string GCC recorded in the ELF (.riscv.attributes), e.g. rv32e1p9_c2p0_zicsr2p0; '' if none."""
+    from elftools.elf.elffile import ELFFile
 
-        return firmware.elf(path), target or firmware.target(path)
-    return path, target or CHIP_NAMES[0]
+    with open(elf, "rb") as f:
+        sec = ELFFile(f).get_section_by_name(".riscv.attributes")
+        data = sec.data() if sec is not None else b""
+    at = data.find(b"rv32")
+    return data[at:data.index(b"\0", at)].decode("ascii", "replace") if at >= 0 else ""
+
+
+def _emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
+    """A firmware stage folder (its summary names the target) or an ELF with --target; checked."""
+    from pipeline.stages import firmware
+
+    hint = "give a firmware stage folder (e.g. artifacts/runs/<run>/firmware) or its firmware.elf with --target"
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; {hint}")
+    if path.is_dir():
+        if not firmware.elf(path).is_file() or not (path / SUMMARY).is_file():
+            raise UserError(f"{path}: not a firmware stage folder (no firmware.elf and summary.json); {hint}")
+        built_for = firmware.target(path)
+        elf = firmware.elf(path)
+    else:
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise UserError(f"{path}: not an ELF file; {hint}")
+        elf, built_for = path, None
+    chip = CHIPS[target or built_for or CHIP_NAMES[0]]
+    arch = elf_arch(elf)
+    has_mul = "_m" in arch or "zmmul" in arch
+    if (built_for and target and target != built_for) or (arch and has_mul != chip.multiplier):
+        print(f"warning: {elf} was built for {built_for or arch}; emulating it as {chip.name}", file=sys.stderr)
+    return elf, chip.name
 
 
 def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None = None) -> list[Message]:
@@ -132,6 +160,9 @@ def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None 
         raise UserError(f"the firmware did not answer PING with PONG but with {pong}: is it serial-mode firmware?")
     print(f"firmware: {pong.target}, {pong.image_size}x{pong.image_size} images, {pong.num_classes} classes",
           file=out)
+    for item in items:
+        if item.lstrip("-").isdigit() and item.startswith("-"):
+            raise UserError(f"MNIST test index {item} is out of range (0 to 9999)")
     idx = [int(i) for i in items if i.isdigit()]
     mnist = dict(zip(idx, zip(*mnist_test(idx, pong.image_size)))) if idx else {}
     answers = []

@@ -44,7 +44,12 @@ def file_sha256(path: Path) -> str:
 def _flock(path: Path, mode: int) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        fcntl.flock(f, mode)
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+        except BlockingIOError:       # someone else holds it: say so, then wait
+            what = "a gc of the store" if path.name == "gc" else f"another doit building {path.name}"
+            print(f"waiting for {what} (lock {path})", flush=True)
+            fcntl.flock(f, mode)
         try:
             yield
         finally:
@@ -90,8 +95,10 @@ class Store:
         return entry
 
     def remove(self, stage: str, key: str) -> None:
+        """Delete the entry and its scratch (a damaged checkpoint goes with it)."""
         with _flock(self._locks / "gc", fcntl.LOCK_EX):
             shutil.rmtree(self.path(stage, key), ignore_errors=True)
+            shutil.rmtree(self.work_dir(stage, key), ignore_errors=True)
 
     def build(self, stage: str, key: str, fn: Callable[[Path, Path], dict]) -> Path:
         """Run fn(out_dir, work_dir) -> summary unless the entry exists; publish it atomically.
@@ -103,6 +110,12 @@ class Store:
             final = self.path(stage, key)
             if self.has(stage, key):  # another process built it while we waited
                 return final
+            if final.exists():        # an entry without its manifest cannot be trusted: keep it aside, rebuild
+                aside = self.entries / ".damaged" / f"{stage}-{key}-{os.getpid()}"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(final, aside)
+                print(f"[{stage}] {final} had no manifest, so nothing in it can be checked: moved to {aside} "
+                      "and built again", flush=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{stage}-{key}-", dir=self._tmp))
             work = self.work_dir(stage, key)
@@ -153,7 +166,7 @@ class Store:
                         if entry.resolve() not in live:
                             shutil.rmtree(entry)
                             removed.append(entry)
-            for scratch in (self._tmp, self._work):
+            for scratch in (self._tmp, self._work, self.entries / ".damaged"):
                 if scratch.is_dir():
                     for d in sorted(scratch.iterdir()):
                         shutil.rmtree(d)

@@ -1,7 +1,8 @@
 """Stage bodies for store tests: each writes a file derived from its config and inputs.
 
 FAKE_LOG (env) names a file that gets one line per execution; FAKE_FAIL names a stage that raises
-halfway (after writing a partial output); FAKE_SLEEP makes a stage slow (for lock and kill tests).
+halfway (after writing a partial output), FAKE_INTERRUPT one that gets Ctrl-C there; FAKE_SLEEP makes a
+stage slow (for lock and kill tests).
 """
 import os
 import time
@@ -18,4 +19,6 @@ def run(ctx) -> dict:
     time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
     if os.environ.get("FAKE_FAIL") == name:
         raise RuntimeError(f"{name} failed halfway")
+    if os.environ.get("FAKE_INTERRUPT") == name:
+        raise KeyboardInterrupt
     return {"parts": len(parts)}

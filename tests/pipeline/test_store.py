@@ -207,12 +207,13 @@ def test_two_processes_build_an_entry_once(tmp_path):
 
 def test_killed_build_leaves_no_entry(tmp_path):
     log = tmp_path / "log.txt"
-    code = ("import sys; sys.path.insert(0, %r); from tests.test_store import _build_in_process; "
+    code = ("import sys; sys.path.insert(0, %r); from tests.pipeline.test_store import _build_in_process; "
             "_build_in_process(%r, %r)" % (str(ROOT), str(tmp_path / "a"), str(log)))
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "FAKE_SLEEP": "30"})
     deadline = time.time() + 30
     while not (log.exists() and log.read_text()) and time.time() < deadline:
         time.sleep(0.05)
+    assert log.exists() and log.read_text(), "the build never started, so killing it proves nothing"
     p.send_signal(signal.SIGKILL)
     p.wait()
     store = Store(tmp_path / "a")
@@ -256,3 +257,37 @@ def test_a_stage_writes_exactly_what_it_declares():
         stage.check_outputs(["out.txt", "extra.bin"])
     with pytest.raises(RuntimeError, match=r"did not write \['out.txt'\]"):
         stage.check_outputs(["figs/a.png"])
+
+
+def test_an_entry_without_its_manifest_is_moved_aside_and_rebuilt(tmp_path, capsys):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE[:1])
+    name, key = FAKE[0].name, plan.keys[FAKE[0].name]
+    execute(plan)
+    (store.path(name, key) / "manifest.json").unlink()
+    assert not plan.up_to_date(name)
+    assert plan.run(name) is None                      # was an OSError on the rename into place
+    assert store.verify(name, key) and "had no manifest" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "store" / ".damaged").iterdir()][0].startswith(f"{name}-{key}-")
+    assert any(p.name == ".damaged" or p.parent.name == ".damaged" for p in store.gc())
+
+
+def test_redo_clears_the_scratch_of_an_interrupted_build(tmp_path):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE[:1])
+    name, key = FAKE[0].name, plan.keys[FAKE[0].name]
+    work = store.work_dir(name, key)
+    work.mkdir(parents=True)
+    (work / "checkpoint.pt").write_bytes(b"damaged")
+    store.remove(name, key)
+    assert not work.exists()
+
+
+def test_ctrl_c_is_a_clean_failure_that_stores_nothing(tmp_path, monkeypatch, capsys):
+    store = Store(tmp_path)
+    plan = Plan.make(config.from_values({}), store, FAKE[:1])
+    monkeypatch.setenv("FAKE_INTERRUPT", FAKE[0].name)
+    failed = plan.run(FAKE[0].name)
+    assert failed is not None and "interrupted: nothing of stage data was stored" in str(failed)
+    assert not store.has(FAKE[0].name, plan.keys[FAKE[0].name])
+    assert "Traceback" not in capsys.readouterr().err
