@@ -91,11 +91,17 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle, zip and weights-only errors of many types
-        raise _err(path, f"cannot be read as a state_dict with torch.load(weights_only=True): "
-                   f"{str(e).splitlines()[0]} (allowed: a file written by torch.save(model.state_dict()))") from None
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        if "weights_only" in first or "Weights only load failed" in first:
+            first = "it holds Python objects besides tensors, which are not loaded (code could run)"
+        raise _err(path, f"cannot be read as a state_dict: {first} (allowed: a file written by "
+                   "torch.save(model.state_dict()) in BitNetMCU)") from None
     if not isinstance(sd, dict) or not sd:
         raise _err(path, f"holds a {type(sd).__name__}, not a state_dict (a mapping of layer names to tensors)")
     for k, v in sd.items():
+        if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise _err(path, f"key {k!r}: holds NaN or infinite values (the training diverged; allowed: finite "
+                       "weights)")
         if not isinstance(v, Tensor) or not v.is_floating_point():
             raise _err(path, f"key {k!r}: {type(v).__name__} {getattr(v, 'dtype', '')} is not a float tensor "
                        "(a state_dict holds float weights)")
@@ -314,6 +320,9 @@ def write_config(src: str | Path, name: str | None = None, quant: str | None = N
     name = name or re.sub(r"[^A-Za-z0-9_.-]+", "_", ck.path.stem)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise CheckpointError(f"name={name}: not a plain file name (allowed: letters, digits, _ . -)")
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise CheckpointError(f"dir={folder}: is a file, not a folder (allowed: a folder for the config, made if "
+                              "missing)")
     out = Path(folder) / f"{name}.yaml"
     text = (f"# Imported by `doit import` from BitNetMCU checkpoint {ck.path.name}\n"
             f"# ({ck.layout}, QuantType {qt}, sha256 {file_sha256(ck.path)[:16]}...). The train stage converts it\n"

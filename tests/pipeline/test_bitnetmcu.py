@@ -6,6 +6,7 @@ below in numpy: weight_quant (scale per QuantType), the exporter's encoding, and
 decodes each field to.
 """
 import json
+import datetime
 import os
 import subprocess
 import sys
@@ -176,7 +177,16 @@ def _fails(tmp_path, src, match, **kw):
 def test_bad_files_name_the_file_and_the_key(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
-    _fails(tmp_path, text, [str(text), "torch.load"])
+    _fails(tmp_path, text, [str(text), "cannot be read as a state_dict"])
+    # a pickled object: torch's advice to drop weights_only is not repeated
+    torch.save({"model": datetime.date(2024, 1, 1)}, tmp_path / "pickled.pth")
+    _fails(tmp_path, tmp_path / "pickled.pth", ["pickled.pth: cannot be read as a state_dict: it holds Python "
+                                                 "objects besides tensors"])
+    nan = fc_state([12, 10])
+    nan["model.1.weight"][0, 0] = float("nan")
+    _fails(tmp_path, save(tmp_path, nan, "nan.pth"), ["nan.pth", "'model.1.weight': holds NaN or infinite values"])
+    with pytest.raises(CheckpointError, match="dir=.*notes.pth: is a file, not a folder"):
+        write_config(save(tmp_path, fc_state([12, 10]), "ok.pth"), name="ok", quant="4bit", folder=text)
     _fails(tmp_path, tmp_path / "missing.pth", ["missing.pth: no such file"])
     _fails(tmp_path, save(tmp_path, [1, 2], "list.pth"), ["list.pth", "holds a list, not a state_dict"])
     sd = fc_state([12, 10])
