@@ -18,6 +18,7 @@ from pathlib import Path
 from doit import doit_cmd, get_var
 
 from contract.errors import UserError
+from contract.formats import FORMAT_NAMES
 from pipeline import config, sweep
 from pipeline.graph import STAGES, Plan
 from pipeline.store import Store
@@ -61,6 +62,23 @@ if _bad:       # every name is checked before anything is removed
 for _plan in PLANS:
     _plan.redo = REDO
 
+DOIT_COMMANDS = {"list", "info", "help", "clean", "forget", "ignore", "strace", "dumpdb", "tabcompletion",
+                 "reset-dep", "auto"}
+
+
+def _stages_to_run() -> set[str]:
+    """The stages the command line's tasks build (their upstream included); none for a doit command."""
+    args = [a for a in sys.argv[1:] if "=" not in a and not a.startswith("-") and not a.isdigit()]
+    if args and args[0] in DOIT_COMMANDS:
+        return set()
+    names = [a.split(":")[0] for a in args if a != "run"] or DOIT_CONFIG["default_tasks"]
+    wanted = {SWEEP.stage if n == "sweep" and SWEEP else "firmware" if n == "flash" else n for n in names}
+    for s in reversed(STAGES):      # pipeline order is topological: walking back collects every input
+        if s.name in wanted:
+            wanted.update(s.inputs)
+    return wanted
+
+
 DOIT_CONFIG = {
     "default_tasks": ["sweep" if SWEEP else STAGES[-1].name],
     "verbosity": 2,
@@ -69,6 +87,13 @@ DOIT_CONFIG = {
 }
 if SWEEP:
     DOIT_CONFIG["num_process"] = min(len(PLANS), os.cpu_count() or 1)
+
+if "export" in _stages_to_run():   # before any stage runs: a model without an integer form cannot be exported
+    for _plan in PLANS:
+        if "none" in _plan.cfg["quant.formats"]:
+            _fail(f"{_plan.cfg.path}: quant.formats: none (float weights) has no integer form, so the export stage "
+                  "and everything after it cannot run; build only `data train`, or choose integer formats "
+                  "(allowed: " + ", ".join(f for f in FORMAT_NAMES if f != "none") + ")")
 
 
 def _stage_task(name):

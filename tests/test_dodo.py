@@ -93,3 +93,13 @@ def test_unknown_variable_names_the_closest_one(tmp_path):
     assert r.returncode == 2 and "cgf=configs/tiny.yaml: unknown variable (did you mean cfg=?)" in r.stderr
     r = doit(tmp_path, "forget=data", "list")
     assert r.returncode == 2 and "forget=data: unknown variable" in r.stderr
+
+
+def test_float_weights_are_refused_before_training_when_export_is_asked_for(tmp_path):
+    cfg = tmp_path / "float.yaml"
+    cfg.write_text((ROOT / "configs" / "tiny.yaml").read_text().replace("formats: 4bitsym", "formats: none"))
+    for tasks in (["verify"], [], ["export"], ["report", "train"]):
+        r = doit(tmp_path, f"cfg={cfg}", *tasks)
+        assert r.returncode == 2 and "quant.formats: none (float weights) has no integer form" in r.stderr, tasks
+        assert "[train]" not in r.stdout
+    assert doit(tmp_path, f"cfg={cfg}", "list").returncode == 0

@@ -5,8 +5,8 @@ a clipping scalar `s` per layer). Expected codes follow BitNetMCU's published fo
 below in numpy: weight_quant (scale per QuantType), the exporter's encoding, and what its C engine
 decodes each field to.
 """
-import json
 import datetime
+import json
 import os
 import subprocess
 import sys
