@@ -66,12 +66,17 @@ DOIT_COMMANDS = {"list", "info", "help", "clean", "forget", "ignore", "strace", 
                  "reset-dep", "auto"}
 
 
-def _stages_to_run() -> set[str]:
-    """The stages the command line's tasks build (their upstream included); none for a doit command."""
+def _tasks_asked() -> list[str]:
+    """The task names on the command line (or the default ones); none for a doit command such as list."""
     args = [a for a in sys.argv[1:] if "=" not in a and not a.startswith("-") and not a.isdigit()]
     if args and args[0] in DOIT_COMMANDS:
-        return set()
-    names = [a.split(":")[0] for a in args if a != "run"] or DOIT_CONFIG["default_tasks"]
+        return []
+    return [a.split(":")[0] for a in args if a != "run"] or DOIT_CONFIG["default_tasks"]
+
+
+def _stages_to_run() -> set[str]:
+    """The stages the asked tasks build, their upstream included."""
+    names = _tasks_asked()
     wanted = {SWEEP.stage if n == "sweep" and SWEEP else "firmware" if n == "flash" else n for n in names}
     for s in reversed(STAGES):      # pipeline order is topological: walking back collects every input
         if s.name in wanted:
@@ -88,6 +93,9 @@ DOIT_CONFIG = {
 if SWEEP:
     DOIT_CONFIG["num_process"] = min(len(PLANS), os.cpu_count() or 1)
 
+if SWEEP and {"flash", "monitor"} & set(_tasks_asked()):
+    _fail(f"cfg={CFG} is a sweep; flash and monitor take one config (e.g. one of its runs: "
+          f"cfg={ARTIFACTS / 'sweeps' / SWEEP.name / (SWEEP.runs[0].name + '.yaml')})")
 if "export" in _stages_to_run():   # before any stage runs: a model without an integer form cannot be exported
     for _plan in PLANS:
         if "none" in _plan.cfg["quant.formats"]:
@@ -117,9 +125,7 @@ def _board_action(fn):
     def action():
         from doit.exceptions import TaskFailed
         try:
-            if SWEEP is not None:
-                raise UserError(f"cfg={CFG} is a sweep; flash and monitor take one config")
-            fn(PLANS[0])
+            fn(PLANS[0])        # a sweep never gets here (refused when dodo.py loads)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))

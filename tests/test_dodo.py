@@ -103,3 +103,9 @@ def test_float_weights_are_refused_before_training_when_export_is_asked_for(tmp_
         assert r.returncode == 2 and "quant.formats: none (float weights) has no integer form" in r.stderr, tasks
         assert "[train]" not in r.stdout
     assert doit(tmp_path, f"cfg={cfg}", "list").returncode == 0
+
+
+def test_flash_of_a_sweep_is_refused_before_anything_runs(tmp_path):
+    r = doit(tmp_path, f"cfg={ROOT / 'configs' / 'sweep_small.yaml'}", "flash")
+    assert r.returncode == 2 and "is a sweep; flash and monitor take one config" in r.stderr
+    assert not (tmp_path / "store").exists()
