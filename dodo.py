@@ -41,7 +41,13 @@ for _var in (doit_cmd._CMDLINE_VARS or {}):   # doit keeps the `name=value` argu
               + ", ".join(f"{k} ({v})" for k, v in VARIABLES.items()))
 
 ARTIFACTS = Path(os.environ.get("BITMCU_ARTIFACTS", "artifacts"))
-ARTIFACTS.mkdir(parents=True, exist_ok=True)  # doit opens its db there before any task runs
+try:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # doit opens its db there before any task runs
+    with open(ARTIFACTS / ".write-test", "w"):
+        pass
+    os.remove(ARTIFACTS / ".write-test")
+except OSError as e:
+    _fail(f"{ARTIFACTS}: the store cannot be written ({e.strerror}); point $BITMCU_ARTIFACTS at a writable folder")
 
 CFG = get_var("cfg", "configs/default.yaml")
 SWEEP = None

@@ -13,6 +13,7 @@ never build one entry twice and `gc` never deletes what someone is building or a
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -30,6 +31,14 @@ SUMMARY = "summary.json"
 
 class StoreError(UserError):
     pass
+
+
+_FULL_OR_READ_ONLY = {
+    errno.ENOSPC: "free some space (`doit gc` removes entries no run uses) and run the same command again",
+    errno.EDQUOT: "free some space (`doit gc` removes entries no run uses) and run the same command again",
+    errno.EROFS: "point $BITMCU_ARTIFACTS at a writable folder",
+    errno.EACCES: "point $BITMCU_ARTIFACTS at a folder you may write, or fix its permissions",
+}
 
 
 def file_sha256(path: Path) -> str:
@@ -121,7 +130,13 @@ class Store:
             work = self.work_dir(stage, key)
             work.mkdir(parents=True, exist_ok=True)
             try:
-                summary = fn(tmp, work)
+                try:
+                    summary = fn(tmp, work)
+                except OSError as e:
+                    if e.errno in _FULL_OR_READ_ONLY:
+                        raise StoreError(f"{stage}: cannot write to the store at {self.root} ({e.strerror}); "
+                                         + _FULL_OR_READ_ONLY[e.errno]) from None
+                    raise
                 (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
                 files = sorted(p for p in tmp.rglob("*") if p.is_file())
                 manifest = {str(p.relative_to(tmp)): {"sha256": file_sha256(p), "size": p.stat().st_size}

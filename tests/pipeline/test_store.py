@@ -1,4 +1,5 @@
 """Store semantics as properties of the declarations: what runs when a key changes, crashes, damage, locks."""
+import errno
 import json
 import multiprocessing
 import os
@@ -291,3 +292,24 @@ def test_ctrl_c_is_a_clean_failure_that_stores_nothing(tmp_path, monkeypatch, ca
     assert failed is not None and "interrupted: nothing of stage data was stored" in str(failed)
     assert not store.has(FAKE[0].name, plan.keys[FAKE[0].name])
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_full_disk_is_a_message_and_leaves_no_entry(tmp_path):
+    store = Store(tmp_path)
+
+    def fill(out, work):
+        (out / "partial.bin").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(StoreError, match=r"data: cannot write to the store at .* \(No space left on device\); "
+                                         r"free some space \(`doit gc`"):
+        store.build("data", "k" * 24, fill)
+    assert not store.has("data", "k" * 24) and not any((tmp_path / "store" / ".tmp").iterdir())
+
+
+def test_a_store_that_cannot_be_written_is_named_before_anything_runs(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "BITMCU_ARTIFACTS": str(blocker / "store")}
+    r = subprocess.run([sys.executable, "-m", "doit", "list"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and f"{blocker / 'store'}: the store cannot be written" in r.stderr
+    assert "Traceback" not in r.stderr
