@@ -79,7 +79,7 @@
      bm_run streams a CNN's conv layers one channel at a time (CONTRACT §6, "Streaming") in named steps
      (bm__cnn_open, bm__cnn_pass, bm__cnn_channel, bm__cnn_hidden, bm__cnn_last, bm__cnn_settle,
      bm__cnn_close, bm__cnn_trace). refimpl/stream.py is the same driver in Python under the same names,
-     and tests/test_stream.py holds the two equal, state between runs included.
+     and tests/refimpl/test_stream.py holds the two equal, state between runs included.
 
    KERNEL NAMES
      The Python engines use the C names without bm_: refimpl/kernels.py and tests/naive.py have input, fc,
