@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -84,8 +85,16 @@ def locate(configured: str | None, root: Path, allow_download: bool) -> tuple[Pa
 def _download(dest: Path) -> Path:
     from torchvision.datasets import MNIST  # only needed for this fallback
 
-    for train in (True, False):
-        MNIST(str(dest), train=train, download=True)
+    made = not (dest / "MNIST").exists()
+    try:
+        for train in (True, False):
+            MNIST(str(dest), train=train, download=True)
+    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError... when no mirror answers
+        if made:
+            shutil.rmtree(dest / "MNIST", ignore_errors=True)   # leave no half-made folder behind
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise DataError(f"data.allow_download: downloading MNIST failed ({first}); put the four idx files in "
+                        f"{dest / 'mnist'}, set data.mnist_dir or ${ENV_DIR}") from None
     return dest / "MNIST" / "raw"
 
 

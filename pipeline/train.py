@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from contract.errors import UserError
 from contract.spec import model_spec
 from pipeline.augment import AugmentSpec, augment
 from pipeline.ema import WeightAverage
@@ -36,6 +38,9 @@ def _generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
 
 
 def _device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device: cuda, but torch {torch.__version__} finds no CUDA device (allowed: auto, "
+                        "which uses one when present, or cpu)")
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -49,6 +54,20 @@ def _scheduler(cfg, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRSc
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["train.step_size"], gamma=cfg["train.gamma"])
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=cfg["train.restart_period"], T_mult=cfg["train.restart_mult"])
+
+
+def _checkpoint(path: Path, dev: torch.device, ctx) -> dict | None:
+    """The interrupted attempt's state, or None when the file is damaged (then it is removed: the epochs it
+    held are trained again; nothing stored is lost)."""
+    try:
+        state = torch.load(path, map_location=dev, weights_only=False)
+        if not {"model", "opt", "sched", "history", "epoch"} <= set(state):
+            raise ValueError("keys missing")
+        return state
+    except Exception as e:  # torch raises pickle, zip and EOF errors of many types for a damaged file
+        ctx.log(f"{path} is damaged ({type(e).__name__}); removed it, training starts from epoch 1")
+        path.unlink()
+        return None
 
 
 def make_optimizer(cfg, model: QModel) -> torch.optim.Optimizer:
@@ -172,8 +191,8 @@ def run(ctx) -> dict:
     history: list[dict] = []
     start = 0
     ckpt = ctx.work / CKPT
-    if ckpt.is_file():  # a previous attempt at this exact entry was interrupted: carry on from it
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
+    state = _checkpoint(ckpt, dev, ctx) if ckpt.is_file() else None
+    if state is not None:  # a previous attempt at this exact entry was interrupted: carry on from it
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])

@@ -1,5 +1,7 @@
 import gzip
 import shutil
+import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +102,18 @@ def test_downscale_equals_torchvision_resize_on_pil(n):
     assert out.shape == (5, n, n) and out.dtype == np.uint8
     for im, o in zip(imgs, out):
         assert np.array_equal(np.asarray(Resize((n, n))(Image.fromarray(im))), o)
+
+
+def test_a_failed_download_is_a_message_and_leaves_no_folder(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train, download):
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)   # as torchvision does first
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    monkeypatch.delenv(data.ENV_DIR, raising=False)
+    root = tmp_path / "project"
+    with pytest.raises(DataError, match=r"data.allow_download: downloading MNIST failed \(<urlopen error"):
+        data.locate(None, root, allow_download=True)
+    assert not (root / "data" / "MNIST").exists()

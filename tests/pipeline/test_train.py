@@ -5,15 +5,17 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from contract.errors import UserError
 from pipeline import config
 from pipeline.ema import WeightAverage
 from pipeline.models import build_model
 from contract.spec import model_spec
-from pipeline.train import make_optimizer
+from pipeline.train import _checkpoint, _device, make_optimizer
 
 from tests.conftest import ROOT, TINY, entry
 
@@ -107,3 +109,18 @@ def test_weight_decay_shrinks_only_the_weight_layers():
             assert torch.allclose(p, before[k] * (1 - 0.01 * 0.1)), k
         else:
             assert torch.equal(p, before[k]), k
+
+
+def test_cuda_asked_for_without_a_gpu_is_a_message(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="train.device: cuda, but torch .* finds no CUDA device"):
+        _device("cuda")
+    assert _device("auto").type == "cpu"
+
+
+def test_a_damaged_checkpoint_is_removed_and_training_starts_over(tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    lines = []
+    assert _checkpoint(ckpt, torch.device("cpu"), SimpleNamespace(log=lines.append)) is None
+    assert not ckpt.exists() and "is damaged" in lines[0] and "starts from epoch 1" in lines[0]
