@@ -92,7 +92,11 @@ def load(path: str | Path, out_dir: Path, stages: tuple[str, ...], threads: int 
 
     base: dict[str, Any] = {}
     if spec.get("base") is not None:
-        base = dict(config.load(spec["base"]).values)
+        try:
+            base = dict(config.load(spec["base"]).values)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: sweep.base: {spec['base']}: the preset the runs start from cannot be "
+                              f"used:\n{e}") from None
     common = config.flatten(tree)
     config.from_values({**base, **common}, name=p.stem, path=str(p))  # report problems of the shared part once
 

@@ -120,3 +120,10 @@ def test_collect_reads_each_runs_figures_including_cycles(tmp_path):
     rows = sweep.collect(sw, tmp_path)
     assert [(r["run"], r["accuracy"], r["flash_bytes"], r["verified"], r["cycles"]) for r in rows] == [
         ("sw-00", 0.5, 860, True, 22331.0)]
+
+
+def test_a_bad_base_names_the_key(tmp_path):
+    p = write(tmp_path, "sweep:\n  base: configs/nosuch.yaml\n  grid:\n    train.seed: [0, 1]\n")
+    with pytest.raises(ConfigError, match=r"sw.yaml: sweep.base: configs/nosuch.yaml: the preset the runs start "
+                                          r"from cannot be used:\nconfigs/nosuch.yaml: config file not found"):
+        sweep.load(p, tmp_path / "out", STAGE_NAMES)
