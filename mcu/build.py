@@ -28,6 +28,7 @@ import numpy as np
 from elftools.elf.elffile import ELFFile
 
 from contract.chips import CHIPS
+from contract.layout import layout
 from contract.model import PackedModel
 from engine.header import format_masks, render_header
 from mcu.analysis import FirmwareError, Program, SizeReport, analyse, no_multiply_scan, stack_bound
@@ -232,7 +233,16 @@ def build(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray | None
     engine_obj = objs[-1]
     engine_funcs = _functions(engine_obj)        # before renaming: what the no-multiply scan covers
     moved = move_to_sram(engine_obj, conv) if fw.kernels == "sram" else []
-    elf = link(objs, out, fw.target)
+    try:
+        elf = link(objs, out, fw.target)
+    except FirmwareError as e:
+        if "overflowed" not in str(e):
+            raise
+        sizes = layout(model)     # beyond even the linker's working regions: the model alone tells why
+        raise FirmwareError(f"{fw.where}: the firmware does not fit (flash and RAM far exceeded): the model "
+                            f"alone needs {sizes['flash_bytes']:,} B of flash and {sizes['ram_bytes']:,} B of "
+                            f"buffers; the {t.name} has {t.flash:,} B and {t.ram:,} B. Train a smaller model (the "
+                            "export stage's layers.txt lists each layer's flash)") from None
     binary = out / BIN
     _run([OBJCOPY, "-O", "binary", str(elf), str(binary)], "objcopy")
     (out / LISTING).write_text(_run([OBJDUMP, "-d", "-S", str(elf)], "objdump"))

@@ -145,6 +145,17 @@ def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
 
 
 @pytest.mark.riscv
+def test_a_model_far_too_big_gets_the_sizes_not_linker_output(tmp_path):
+    huge = model_of(ModelSpec(kind="fc", image_size=16, widths=(2304, 256), formats=("8bit",)))   # 1.2 MB
+    with pytest.raises(FirmwareError) as e:
+        build(Firmware(target="ch32v002", mode="serial", where="configs/huge.yaml"), huge, tmp_path)
+    msg = str(e.value)
+    assert msg.startswith("configs/huge.yaml: the firmware does not fit (flash and RAM far exceeded): the model "
+                          "alone needs 1,182,") and "the ch32v002 has 16,384 B and 4,096 B" in msg
+    assert "overflowed" not in msg and "ld" not in msg.split()
+
+
+@pytest.mark.riscv
 def test_ram_gate_suggests_flash_kernels_and_v002_fits(tmp_path):
     # 400 binary units: 3.3 KB of weights but 2 KB of buffers
     wide = model_of(ModelSpec(kind="fc", image_size=8, widths=(400, 16), formats=("binary",)))
