@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,6 +22,11 @@ from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALING
 
 
 MNIST_TRAIN = 60000                # training images in MNIST
+
+
+def cuda_present() -> bool:
+    """An NVIDIA driver's device node: what train.device auto picks, found without importing torch."""
+    return Path("/dev/nvidiactl").exists()
 
 
 class ConfigError(UserError):
@@ -38,9 +44,12 @@ class Key:
     hi: float | None = None
     min_len: int = 1
     max_len: int = 16
-    # Runtime keys say where or how to run, never what comes out (the dataset is checksummed,
-    # the device only changes speed), so they never enter a store key.
+    # Runtime keys say where or how to run, never what comes out (the dataset is checksummed, the
+    # serial port only says where the board is), so they never enter a store key.
     runtime: bool = False
+    # What the value means on this machine, as it enters a store key (train.threads 0 = the core count):
+    # keys whose meaning depends on the machine are resolved so that equal keys mean equal results.
+    resolve: Callable[[Any], Any] | None = None
 
 
 _KEYS: list[Key] = [
@@ -104,9 +113,11 @@ _KEYS: list[Key] = [
         "evaluated and exported instead of the last step's; 0 = off (e.g. 0.999)", lo=0.0, hi=0.99999),
     Key("train.compile", "bool", True, "torch.compile the training step (FC: all of it, ~2.5x faster on CPU; "
         "CNN: the requantization, ~1.5x)"),
+    # The float reductions of training depend on the device and the thread count, so both enter the key.
     Key("train.device", "str", "auto", "auto: CUDA when present, else CPU", choices=("auto", "cpu", "cuda"),
-        runtime=True),
-    Key("train.threads", "int", 0, "CPU threads for torch; 0 = torch's default", lo=0, hi=1024, runtime=True),
+        resolve=lambda v: ("cuda" if cuda_present() else "cpu") if v == "auto" else v),
+    Key("train.threads", "int", 0, "CPU threads for torch; 0 = one per core", lo=0, hi=1024,
+        resolve=lambda v: v or os.cpu_count() or 1),
     # import (doit import writes these presets)
     Key("import.src", "path", None,
         "a BitNetMCU checkpoint (.pth) that the train stage converts instead of training; its content "
@@ -183,6 +194,11 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def resolved(self, key: str) -> Any:
+        """The value as this machine runs it (and as it enters a store key)."""
+        k = SCHEMA[key]
+        return k.resolve(self.values[key]) if k.resolve else self.values[key]
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with dotted keys changed (pass `{'a.b': v}` via **{...}); re-validated."""

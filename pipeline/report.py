@@ -190,7 +190,7 @@ def reproduce_section(cfg: dict[str, Any], keys: dict[str, str]) -> str:
             "still in the store.</p>"
             + table(["stage", "store key"], keys.items(), text_cols=2)
             + "<p>The config as a preset file (every key that can change a result; where-and-how keys "
-              "such as <code>data.mnist_dir</code> or <code>train.device</code> are left out):</p><pre>"
+              "such as <code>data.mnist_dir</code> or <code>mcu.port</code> are left out):</p><pre>"
             + esc(yaml.safe_dump(tree, sort_keys=False, default_flow_style=None)) + "</pre>")
 
 

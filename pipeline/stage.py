@@ -108,8 +108,9 @@ def code_hash(stage: Stage, module: str | None = None) -> str:
 
 
 def key_value(cfg: Config, key: str) -> Any:
-    """A config value as it enters a stage key: a `path` key stands for its file's content."""
-    v = cfg[key]
+    """A config value as it enters a stage key: a `path` key stands for its file's content, a key whose
+    meaning depends on the machine for what it means here (Key.resolve)."""
+    v = cfg.resolved(key)
     if v is None or SCHEMA[key].kind != "path":
         return v
     p = Path(v)
@@ -141,6 +142,11 @@ class StageConfig(Mapping[str, Any]):
         if key not in self._allowed:
             raise KeyError(f"stage {self._stage.name} reads {key!r} but does not declare it")
         return self._cfg[key]
+
+    def resolved(self, key: str) -> Any:
+        """The value as this machine runs it (Config.resolved), for a declared key."""
+        self[key]
+        return self._cfg.resolved(key)
 
     def __iter__(self):
         return iter(sorted(self._allowed))

@@ -37,13 +37,13 @@ def _generator(seed: int, epoch: int, purpose: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + purpose)
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"train.device: cuda, but torch {torch.__version__} finds no CUDA device (allowed: auto, "
-                        "which uses one when present, or cpu)")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+def _device(resolved: str, asked: str) -> torch.device:
+    """The device the store key was made for (train.device resolved: cpu or cuda)."""
+    if resolved == "cuda" and not torch.cuda.is_available():
+        why = "an NVIDIA driver is installed (/dev/nvidiactl), but" if asked == "auto" else "but"
+        raise UserError(f"train.device: {asked}: {why} torch {torch.__version__} finds no CUDA device "
+                        "(allowed: cpu, or a torch build and driver that see the GPU)")
+    return torch.device(resolved)
 
 
 def _scheduler(cfg, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -170,9 +170,8 @@ def train_epoch(cfg, model: QModel, opt, epoch: int, x: torch.Tensor, y: torch.T
 def run(ctx) -> dict:
     cfg = ctx.cfg
     torch.use_deterministic_algorithms(True)
-    if cfg["train.threads"]:
-        torch.set_num_threads(cfg["train.threads"])
-    dev = _device(cfg["train.device"])
+    torch.set_num_threads(cfg.resolved("train.threads"))
+    dev = _device(cfg.resolved("train.device"), cfg["train.device"])
     limit = cfg["train.train_limit"] or None
     train_images, train_raw, train_labels = data.mnist_train(ctx.input("data"))
     test_images, test_labels = data.mnist_test(ctx.input("data"))

@@ -17,7 +17,7 @@ KEYS = tuple(SPEC_KEYS) + (
     "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
     "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
-    "train.label_smoothing", "train.ema", "train.weight_decay",
+    "train.label_smoothing", "train.ema", "train.weight_decay", "train.device", "train.threads",
 )
 
 STAGE = Stage(
@@ -25,7 +25,6 @@ STAGE = Stage(
     doc="Quantization-aware training on the device's integer arithmetic; resumable, deterministic",
     module="pipeline.train",
     keys=(*KEYS, "import.src"),
-    runtime_keys=("train.device", "train.threads"),
     inputs=("data",),
     outputs=(MODEL, METRICS, PREDICTIONS),
     variants=(("import.src", "pipeline.bitnetmcu"),),  # convert a BitNetMCU checkpoint instead

@@ -47,12 +47,15 @@ def alternatives(key):
 
 
 def changed_config(key):
+    """The default config, and one with a valid value of `key` that means something else on this machine."""
     base = config.from_values({})
     for v in alternatives(key):
         try:
-            return base, base.replace(**{key: v})
+            changed = base.replace(**{key: v})
         except config.ConfigError:
             continue
+        if changed.resolved(key) != base.resolved(key):   # e.g. train.device cpu is what auto means here
+            return base, changed
     pytest.fail(f"no valid alternative value found for {key}; extend alternatives()")
 
 
@@ -313,3 +316,14 @@ def test_a_store_that_cannot_be_written_is_named_before_anything_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "doit", "list"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and f"{blocker / 'store'}: the store cannot be written" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_machine_dependent_keys_enter_the_store_key_as_what_they_mean_here():
+    base = config.from_values({})
+    train = next(s for s in STAGES if s.name == "train")
+    key = Plan.make(base, Store("/nonexistent")).keys["train"]
+    same = base.replace(**{"train.threads": os.cpu_count(), "train.device": "cuda" if config.cuda_present() else "cpu"})
+    assert Plan.make(same, Store("/nonexistent")).keys["train"] == key     # 0 = the cores, auto = this machine's
+    other = base.replace(**{"train.threads": os.cpu_count() + 1})
+    assert Plan.make(other, Store("/nonexistent")).keys["train"] != key    # what the thread count changes: the key
+    assert "train.threads" in train.keys and "train.device" in train.keys and not train.runtime_keys

@@ -113,9 +113,11 @@ def test_weight_decay_shrinks_only_the_weight_layers():
 
 def test_cuda_asked_for_without_a_gpu_is_a_message(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match="train.device: cuda, but torch .* finds no CUDA device"):
-        _device("cuda")
-    assert _device("auto").type == "cpu"
+    with pytest.raises(UserError, match="train.device: cuda: but torch .* finds no CUDA device"):
+        _device("cuda", "cuda")
+    with pytest.raises(UserError, match=r"train.device: auto: an NVIDIA driver is installed \(/dev/nvidiactl\)"):
+        _device("cuda", "auto")
+    assert _device("cpu", "auto").type == "cpu"
 
 
 def test_a_damaged_checkpoint_is_removed_and_training_starts_over(tmp_path):
