@@ -60,7 +60,7 @@ def is_sweep(path: str | Path) -> bool:
     """True when the YAML file has a top-level `sweep` section."""
     try:
         tree = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False  # config.load reports the problem
     return isinstance(tree, dict) and "sweep" in tree
 

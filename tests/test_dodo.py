@@ -109,3 +109,28 @@ def test_flash_of_a_sweep_is_refused_before_anything_runs(tmp_path):
     r = doit(tmp_path, f"cfg={ROOT / 'configs' / 'sweep_small.yaml'}", "flash")
     assert r.returncode == 2 and "is a sweep; flash and monitor take one config" in r.stderr
     assert not (tmp_path / "store").exists()
+
+
+CLI_ERRORS = {   # file content (None: no file) and arguments -> what the one-line message says
+    "missing file": (None, ["list"], "config file not found"),
+    "invalid YAML": ("data: [1,\n", ["list"], "not valid YAML"),
+    "not UTF-8": (b"# \xff\n", ["list"], "is not UTF-8 text"),
+    "empty": ("", ["list"], "the file is empty"),
+    "unknown key": ("data: {size: 8}\n", ["list"], "data.size: unknown key (did you mean data.image_size?)"),
+    "bad value": ("train: {lr: 5e-3}\n", ["list"], "train.lr: must be a number; got the string '5e-3'"),
+    "bad sweep base": ("sweep: {base: nosuch.yaml, grid: {train.seed: [0]}}\n", ["list"], "sweep.base: nosuch.yaml"),
+    "unknown variable": ("data: {image_size: 8}\n", ["list", "foo=bar"], "foo=bar: unknown variable"),
+    "unknown redo stage": ("data: {image_size: 8}\n", ["redo=trian", "data"], "redo=trian: no such stage"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_ERRORS))
+def test_command_line_errors_are_one_message_and_exit_2(tmp_path, case):
+    content, args, message = CLI_ERRORS[case]
+    cfg = tmp_path / "c.yaml"
+    if isinstance(content, bytes):
+        cfg.write_bytes(content)
+    elif content is not None:
+        cfg.write_text(content)
+    r = doit(tmp_path / "store", f"cfg={cfg}", *args)       # doit() asserts there is no traceback
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr

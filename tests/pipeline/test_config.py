@@ -141,3 +141,34 @@ def test_non_utf8_file_names_the_byte(tmp_path):
     p.write_bytes("# caf\xe9\ndata: {image_size: 8}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1.yaml: byte 0xe9 at offset 5 is not UTF-8 text"):
         config.load(p)
+
+
+def _bad_values(key):
+    """Values each key must refuse: the wrong type, and just outside its range or choices."""
+    k = SCHEMA[key]
+    if k.kind == "bool":
+        return [2, "maybe"]
+    if k.kind == "path":
+        return [5, ""]
+    if k.kind in ("int", "float"):
+        out = ["x", [1]] + ([1.5] if k.kind == "int" else ["5e-3"])
+        out += [v for v in ((k.lo - 1) if k.lo is not None else None, (k.hi + 1) if k.hi is not None else None)
+                if v is not None]
+        return out
+    if k.kind == "str":
+        return [3] + (["nosuch"] if k.choices else [])
+    if k.kind == "ints":
+        return ["x", [], [0.5], [1] * (k.max_len + 1)]
+    return [7, ["nosuch"] if k.choices else [1], ["a"] * (k.max_len + 1)]   # strs
+
+
+@pytest.mark.parametrize("key", sorted(SCHEMA))
+def test_every_bad_value_of_every_key_is_a_message_naming_file_and_key(tmp_path, key):
+    import yaml
+    section, leaf = key.split(".", 1)
+    for v in _bad_values(key):
+        p = tmp_path / "bad.yaml"
+        p.write_text(yaml.safe_dump({section: {leaf: v}}))
+        with pytest.raises(ConfigError) as e:       # never another exception: the CLI prints these as one line
+            config.load(p)
+        assert str(e.value).startswith(f"{p}: {key}: ") and "(allowed: " in str(e.value), (v, str(e.value))

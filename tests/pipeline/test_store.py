@@ -327,3 +327,19 @@ def test_machine_dependent_keys_enter_the_store_key_as_what_they_mean_here():
     other = base.replace(**{"train.threads": os.cpu_count() + 1})
     assert Plan.make(other, Store("/nonexistent")).keys["train"] != key    # what the thread count changes: the key
     assert "train.threads" in train.keys and "train.device" in train.keys and not train.runtime_keys
+
+
+def test_waiting_for_a_lock_says_so(tmp_path, capsys):
+    import fcntl
+    import threading
+
+    from pipeline.store import _flock
+    store = Store(tmp_path)
+    done = []
+    with _flock(tmp_path / "store" / ".locks" / f"data-{'k' * 24}", fcntl.LOCK_EX):   # another builder
+        t = threading.Thread(target=lambda: done.append(store.build("data", "k" * 24, lambda out, work: {})))
+        t.start()
+        time.sleep(0.5)
+        assert not done
+    t.join(10)
+    assert done and f"waiting for another doit building data-{'k' * 24}" in capsys.readouterr().out
