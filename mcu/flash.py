@@ -11,14 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.chips import FLASH_ALIAS
 from contract.errors import UserError
 
 WCH_VENDOR = 0x1A86
 LINKE_RISCV, LINKE_ARM = 0x8010, 0x8012
 SYSFS = Path("/sys/bus/usb/devices")
-# tool -> arguments writing the .bin at 0x08000000 (and verifying, where the tool can)
+# tool -> arguments writing the .bin at the flash alias (and verifying, where the tool can)
 TOOLS = {"rvprog": ["-f", "{bin}"], "minichlink": ["-w", "{bin}", "flash", "-b"],
-         "wlink": ["flash", "--address", "0x08000000", "{bin}"]}
+         "wlink": ["flash", "--address", f"{FLASH_ALIAS:#010x}", "{bin}"]}
 
 
 class FlashError(UserError):

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.chips import CHIPS
 from contract.errors import UserError
 from engine.build import load_library, run_c
 from mcu import protocol
@@ -22,7 +23,6 @@ from pipeline.stages import firmware, library
 from pipeline.stages.data import mnist_test
 
 SERIAL_IMAGES = 10
-MHZ = 48
 LINE = re.compile(r"img (\d+) pred (\d+) label (\d+) cycles (\d+)")
 
 
@@ -105,7 +105,7 @@ def run(ctx) -> dict:
     top = sorted(emu.profile.items(), key=lambda kv: -kv[1][1])[:8]
     res.update(
         predictions_match=True, target=fw["target"], mode=fw["mode"], kernels=fw["kernels"], weights=weights,
-        cycles_per_weight=round(c / weights, 2), ms_at_48mhz=round(c / (MHZ * 1000), 3),
+        cycles_per_weight=round(c / weights, 2), ms_at_48mhz=round(c / (CHIPS[fw["target"]].clock_hz / 1000), 3),
         firmware_instructions=emu.instructions, firmware_cycles=round(emu.cycles),
         flash_data_loads=emu.flash_loads,
         functions_per_inference={name: {"instructions": round(v[0] / n), "cycles": round(v[1] / n)}
