@@ -6,6 +6,7 @@ Both are deterministic: the same trained model gives byte-identical files (no ti
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from pipeline.stages import export as stage
 from pipeline.stages.train import trained_model
 
 
-def packed_model(train_dir, target: str) -> packed.PackedModel:
+def packed_model(train_dir: Path, target: str) -> packed.PackedModel:
     """The packed model of a trained model for the target chip (the config check has proven that the chip
     runs its formats)."""
     model = packed.from_export(trained_model(train_dir).export_model())

@@ -145,7 +145,7 @@ class StageConfig(Mapping[str, Any]):
 
     def resolved(self, key: str) -> Any:
         """The value as this machine runs it (Config.resolved), for a declared key."""
-        self[key]
+        self[key]                        # an undeclared key raises here, as for plain reads
         return self._cfg.resolved(key)
 
     def __iter__(self):

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from pipeline.graph import STAGES
+from pipeline.stages.data import TEST_LABELS
 
 from .conftest import ROOT
 
@@ -15,6 +16,15 @@ def doit(store, *args):
     r = subprocess.run([sys.executable, "-m", "doit", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     return r
+
+
+def _data_built(tmp_path):
+    """A config `c` of 8x8 images and a store under tmp_path in which its data stage is built."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  image_size: 8\n")
+    store = tmp_path / "artifacts"
+    assert doit(store, f"cfg={cfg}", "data").returncode == 0
+    return cfg, store
 
 
 def test_list_shows_every_stage_with_its_doc(tmp_path):
@@ -42,11 +52,8 @@ def test_data_twice_then_switch_and_back(tmp_path):
 
 @pytest.mark.mnist
 def test_damage_is_reported_and_redo_rebuilds(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("data:\n  image_size: 8\n")
-    store = tmp_path / "artifacts"
-    assert doit(store, f"cfg={cfg}", "data").returncode == 0
-    damaged = (store / "runs" / "c" / "data" / "test_labels.npy").resolve()
+    cfg, store = _data_built(tmp_path)
+    damaged = (store / "runs" / "c" / "data" / TEST_LABELS).resolve()
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x09")
     r = doit(store, f"cfg={cfg}", "data")
     assert r.returncode != 0
@@ -58,10 +65,7 @@ def test_damage_is_reported_and_redo_rebuilds(tmp_path):
 
 @pytest.mark.mnist
 def test_gc_keeps_linked_entries(tmp_path):
-    cfg = tmp_path / "g.yaml"
-    cfg.write_text("data:\n  image_size: 8\n")
-    store = tmp_path / "artifacts"
-    doit(store, f"cfg={cfg}", "data")
+    cfg, store = _data_built(tmp_path)
     orphan = store / "store" / "data" / ("0" * 24)
     orphan.mkdir()
     r = doit(store, f"cfg={cfg}", "gc")
@@ -76,10 +80,7 @@ def test_unknown_redo_stage(tmp_path):
 
 @pytest.mark.mnist
 def test_redo_names_are_all_checked_before_anything_is_removed(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("data:\n  image_size: 8\n")
-    store = tmp_path / "artifacts"
-    assert doit(store, f"cfg={cfg}", "data").returncode == 0
+    cfg, store = _data_built(tmp_path)
     entries = sorted((store / "store" / "data").iterdir())
     r = doit(store, f"cfg={cfg}", "redo=data,nosuch", "data")
     assert r.returncode == 2 and "redo=nosuch: no such stage" in r.stderr
