@@ -14,71 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
 
-from contract.chips import CHIP_NAMES, CHIPS
+from contract.chips import CHIP_NAMES
 from contract.errors import UserError
 from mcu import protocol
-from mcu.protocol import Message, Parser
-from pipeline.store import SUMMARY
-
-
-class Link(Protocol):
-    def exchange(self, frame: bytes) -> Message: ...
-
-
-class SerialLink:
-    """A board on a serial port."""
-
-    def __init__(self, port: str, timeout: float = 2.0):
-        from mcu.monitor import open_port
-
-        self.ser = open_port(port, timeout=0.05)
-        self.timeout = timeout
-        self.parser = Parser()
-
-    def exchange(self, frame: bytes) -> Message:
-        self.ser.write(frame)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            got = self.parser.feed(self.ser.read(256))
-            if got:
-                return got[0]
-        raise UserError(f"no answer from the board on {self.ser.port} within {self.timeout} s: is it running "
-                        "the serial-mode firmware (mcu.mode: serial), and are TX/RX crossed?")
-
-
-class EmulatorLink:
-    """The firmware ELF in mcu.emulator.Emulator."""
-
-    def __init__(self, elf: Path, target: str):
-        from mcu.emulator import Emulator
-
-        self.emu = Emulator(elf, target)
-        self.parser = Parser()
-        self.seen = 0                             # bytes of emu.tx already parsed
-        self._run()                               # boot until it waits for the first byte
-
-    def _run(self) -> None:
-        reason = self.emu.run()
-        if reason != "idle":
-            raise UserError(f"the emulated firmware stopped ({reason}) instead of waiting for input: "
-                            "is it serial-mode firmware (mcu.mode: serial)?")
-
-    def exchange(self, frame: bytes) -> Message:
-        self.emu.feed(frame)
-        self._run()
-        tx = bytes(self.emu.tx)
-        got = self.parser.feed(tx[self.seen:])
-        self.seen = len(tx)
-        if not got:
-            raise UserError("the emulated firmware sent no answer")
-        return got[0]
+from mcu.protocol import Message
+from pipeline.backends import EmulatorLink, Link, SerialLink, emulator_args
 
 
 def to_square(img: np.ndarray) -> np.ndarray:
@@ -114,42 +60,6 @@ def mnist_test(indices: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
     if bad:
         raise UserError(f"MNIST test indices {bad} out of range (0 to {len(arrays['test_labels']) - 1})")
     return downscale(arrays["test_images"][indices], n), arrays["test_labels"][indices]
-
-
-def elf_arch(elf: Path) -> str:
-    """The ISA string GCC recorded in the ELF (.riscv.attributes), e.g. rv32e1p9_c2p0_zicsr2p0; '' if none."""
-    from elftools.elf.elffile import ELFFile
-
-    with open(elf, "rb") as f:
-        sec = ELFFile(f).get_section_by_name(".riscv.attributes")
-        data = sec.data() if sec is not None else b""
-    at = data.find(b"rv32")
-    return data[at:data.index(b"\0", at)].decode("ascii", "replace") if at >= 0 else ""
-
-
-def _emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
-    """A firmware stage folder (its summary names the target) or an ELF with --target; checked."""
-    from pipeline.stages import firmware
-
-    hint = "give a firmware stage folder (e.g. artifacts/runs/<run>/firmware) or its firmware.elf with --target"
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder; {hint}")
-    if path.is_dir():
-        if not firmware.elf(path).is_file() or not (path / SUMMARY).is_file():
-            raise UserError(f"{path}: not a firmware stage folder (no firmware.elf and summary.json); {hint}")
-        built_for = firmware.target(path)
-        elf = firmware.elf(path)
-    else:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                raise UserError(f"{path}: not an ELF file; {hint}")
-        elf, built_for = path, None
-    chip = CHIPS[target or built_for or CHIP_NAMES[0]]
-    arch = elf_arch(elf)
-    has_mul = "_m" in arch or "zmmul" in arch
-    if (built_for and target and target != built_for) or (arch and has_mul != chip.multiplier):
-        print(f"warning: {elf} was built for {built_for or arch}; emulating it as {chip.name}", file=sys.stderr)
-    return elf, chip.name
 
 
 def send(link: Link, items: list[str], invert: bool = False, out: TextIO | None = None) -> list[Message]:
@@ -192,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.emulator is not None:
-            link: Link = EmulatorLink(*_emulator_args(args.emulator, args.target))
+            link: Link = EmulatorLink(*emulator_args(args.emulator, args.target))
         else:
             from mcu.monitor import find_port
 

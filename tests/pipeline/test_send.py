@@ -25,7 +25,7 @@ def test_emulator_paths_that_are_not_firmware(tmp_path, capsys):
                           (tmp_path / "notes.txt", "not an ELF file")):
         assert main(["--emulator", str(path), "0"]) == 1
         err = capsys.readouterr().err
-        assert f"{path}: {message}; give a firmware stage folder" in err and "Traceback" not in err
+        assert f"{path}: {message}; give a run folder" in err and "Traceback" not in err
 
 
 @pytest.mark.riscv
