@@ -33,5 +33,8 @@ CHIPS: dict[str, Chip] = {c.name: c for c in (
     # Zmmul: GCC 12 only emits mul for rv32em; -mno-div keeps division out (the chip has none)
     Chip("ch32v002", 1, "RV32EmC", ("-march=rv32emc_zicsr", "-mabi=ilp32e", "-mno-div"), True, 16384, 4096,
          48_000_000, 2, _PINS),
+    # the V002's core and flash interface with 62 KiB flash and 8 KiB SRAM: room for CNN-64 class models
+    Chip("ch32v006", 2, "RV32EmC", ("-march=rv32emc_zicsr", "-mabi=ilp32e", "-mno-div"), True, 63488, 8192,
+         48_000_000, 2, _PINS),
 )}
 CHIP_NAMES = tuple(CHIPS)

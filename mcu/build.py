@@ -102,12 +102,13 @@ class Build:
             if self.fw.mode == "demo":
                 hints.append(f"flash: set mcu.demo_images lower (each image costs {self.image_bytes} bytes; "
                              "0 = as many as fit), or use mcu.mode: serial (no embedded images)")
-            hints.append("flash: or train a smaller model (the export stage's layers.txt lists its flash)")
+            hints.append("flash: or train a smaller model (the export stage's layers.txt lists its flash)"
+                         + _bigger(self.fw.target, "flash"))
         if self.sizes.ram_used > CHIPS[self.fw.target].ram:
             ramfunc = sum(r["ram"] for r in self.sizes.sections if r["section"] == ".ramfunc")
             if self.fw.kernels == "sram":
                 hints.append(f"RAM: use mcu.kernels: flash to keep the kernels ({ramfunc} bytes) out of SRAM")
-            hints.append("RAM: or a model with smaller activation buffers, or mcu.target: ch32v002 (4 KiB SRAM)")
+            hints.append("RAM: or a model with smaller activation buffers" + _bigger(self.fw.target, "ram"))
         return hints
 
     def summary(self, rel_to: Path) -> dict[str, Any]:
@@ -176,6 +177,14 @@ def compile_objects(sources: Sequence[Path], build_dir: Path, target: str, defin
               "-c", str(src), "-o", str(obj)], f"compiling {src.name} for {target}")
         objs.append(obj)
     return objs
+
+
+def _bigger(target: str, memory: str) -> str:
+    """', or mcu.target: <chips with more of that memory>' ('' when none has more)."""
+    have = getattr(CHIPS[target], memory)
+    more = [f"{c.name} ({getattr(c, memory) // 1024} KiB {memory.replace('ram', 'SRAM')})"
+            for c in CHIPS.values() if getattr(c, memory) > have]
+    return f", or mcu.target: {' or '.join(more)}" if more else ""
 
 
 def move_to_sram(obj: Path, conv: bool) -> list[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from contract.chips import CHIPS
 from contract.chips import FLASH_ALIAS as _ALIAS
 
-FLASH_END = max(c.flash for c in CHIPS.values())   # flash at 0 ...
+FLASH_END = -(-max(c.flash for c in CHIPS.values()) // 4096) * 4096   # flash at 0, whole 4 KiB pages ...
 FLASH_ALIAS = (_ALIAS, _ALIAS + FLASH_END)          # ... and its alias
 
 ALU, LOAD, STORE, BRANCH, JUMP, MUL, DIV, SYSTEM = range(8)
@@ -50,6 +50,7 @@ CORES = {
     "ch32v002": CoreCosts(flash16=1.5, flash32=4.1, load=2, flash_load_extra=2, store=2, taken_sram=2,
                           taken_flash=2.6, mul_extra=0.8, div=False),
 }
+CORES["ch32v006"] = CORES["ch32v002"]  # the same QingKe V2C core and flash interface
 
 
 def in_flash(addr: int) -> bool:

@@ -38,7 +38,7 @@ from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_PC
 from contract.chips import CHIPS, SRAM_BASE
 from mcu import cycles as cm
 
-FLASH_SIZE = cm.FLASH_END
+FLASH_SIZE = cm.FLASH_END               # mapped for every chip; each one's own size is checked
 PERIPH = (0x40010000, 0x13000)          # GPIOA .. FLASH interface
 CORE_PERIPH = (0xE000E000, 0x2000)      # PFIC, SysTick
 RCC_CTLR, RCC_CFGR0 = 0x40021000, 0x40021004
@@ -81,9 +81,9 @@ class Emulator:
                 if seg["p_type"] != "PT_LOAD" or seg["p_filesz"] == 0:
                     continue
                 lma = seg["p_paddr"]
-                if lma + seg["p_filesz"] > FLASH_SIZE:
+                if lma + seg["p_filesz"] > CHIPS[target].flash:
                     raise EmulatorError(f"{elf}: segment at {lma:#x} ({seg['p_filesz']} B) is outside the "
-                                        f"{FLASH_SIZE} B flash")
+                                        f"{CHIPS[target].flash} B flash of the {target}")
                 image[lma:lma + seg["p_filesz"]] = seg.data()
             self.pc = e.header["e_entry"]
             symtab = e.get_section_by_name(".symtab")

@@ -5,7 +5,7 @@ checksum u8 chosen so that type + both length bytes + payload + checksum = 0 mod
 
 Host -> board: IMAGE (N*N uint8 pixels, row-major) and PING (empty).
 Board -> host: RESULT (class u8, cycles u32, num_classes int32 logits, all little-endian), PONG
-(image size, num_classes, target id: 0 ch32v003, 1 ch32v002) and ERROR (one ErrorCode byte).
+(image size, num_classes, target id: contract/chips.py's id) and ERROR (one ErrorCode byte).
 The board judges a frame once it is complete: a byte missing for 50 ms -> TRUNCATED, then the
 checksum, the type, the length. Bytes outside frames are skipped, on both sides.
 """

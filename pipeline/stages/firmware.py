@@ -11,7 +11,7 @@ MCU_SOURCES = tuple(sorted(f"mcu/src/{p.name}" for p in (ROOT / "mcu" / "src").i
 
 STAGE = Stage(
     name="firmware",
-    doc="Cross-compile the CH32V003/V002 firmware (demo or serial mode); gate flash, RAM and multiplies",
+    doc="Cross-compile the CH32V00x firmware (demo or serial mode); gate flash, RAM and multiplies",
     module="pipeline.firmware",
     keys=("mcu.target", "mcu.mode", "mcu.demo_images", "mcu.kernels", "mcu.segment_pins",
           "mcu.segment_active_low"),

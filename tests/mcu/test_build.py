@@ -14,6 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contract.chips import CHIP_NAMES, CHIPS
 from engine.header import render_header
 from mcu import protocol
 from mcu.analysis import Func, Program, analyse, no_multiply_scan, stack_bound
@@ -141,7 +142,20 @@ def test_size_gate_names_the_config_and_prints_the_table(tmp_path):
     assert "the firmware does not fit (flash" in msg
     assert re.search(r"^flash\s+\d+\s+16384\s+-\d+\s+OVER$", msg, re.M), msg
     assert re.search(r"^\.rodata\s+\d+\s+0$", msg, re.M) and "largest in flash: bm_w_fc1 20480" in msg
-    assert "mcu.demo_images" in msg
+    assert "mcu.demo_images" in msg and "or mcu.target: ch32v006 (62 KiB flash)" in msg
+
+
+@pytest.mark.riscv
+def test_a_model_too_big_for_16k_runs_on_the_v006(tmp_path):
+    """The 20 KB model refused above fits the CH32V006's 62 KiB, and its demo predicts like the C engine."""
+    big = model_of(ModelSpec(kind="fc", image_size=16, widths=(160, 16), formats=("4bitsym",)))
+    images, labels = pixels(3, 16, seed=2)
+    b = build(Firmware(target="ch32v006"), big, tmp_path, images, labels)
+    assert 20480 < b.sizes.flash_used <= 63488 and b.sizes.flash_limit == 63488
+    emu = _emulator(b.elf, "ch32v006")
+    assert emu.run() == "halt"
+    preds = [int(m) for m in re.findall(r"img \d+ pred (\d+)", bytes(emu.tx).decode("ascii"))]
+    assert preds == _c_engine(big, images, tmp_path)["preds"].tolist()
 
 
 @pytest.mark.riscv
@@ -293,14 +307,14 @@ def _reply(msg) -> bytes:
                                b"".join(v.to_bytes(4, "little", signed=True) for v in msg.logits))
     if isinstance(msg, Pong):
         return protocol.encode(Type.PONG, bytes([msg.image_size, msg.num_classes,
-                                                 {"ch32v003": 0, "ch32v002": 1}[msg.target]]))
+                                                 CHIPS[msg.target].id]))
     return protocol.encode(Type.ERROR, bytes([msg.code]))
 
 
 replies = st.one_of(
     st.builds(Result, st.integers(0, 9), st.integers(0, 2**32 - 1),
               st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=12).map(tuple)),
-    st.builds(Pong, st.integers(8, 28), st.integers(1, 255), st.sampled_from(["ch32v003", "ch32v002"])),
+    st.builds(Pong, st.integers(8, 28), st.integers(1, 255), st.sampled_from(CHIP_NAMES)),
     st.builds(protocol.Error, st.sampled_from(list(ErrorCode))))
 
 
@@ -455,7 +469,7 @@ def _c_engine(model: PackedModel, images: np.ndarray, tmp_path: Path) -> dict:
 
 
 @pytest.mark.riscv
-@pytest.mark.parametrize("target, kernels", [("ch32v003", "sram"), ("ch32v002", "flash")])
+@pytest.mark.parametrize("target, kernels", [("ch32v003", "sram"), ("ch32v002", "flash"), ("ch32v006", "sram")])
 def test_demo_in_the_emulator_predicts_like_the_c_engine(tmp_path, tiny_model, target, kernels):
     images, labels = pixels(6, 8, seed=5)
     b = build(Firmware(target=target, kernels=kernels), tiny_model, tmp_path, images, labels)
