@@ -1,1 +1,1 @@
-"""CH32V003/V002 firmware: sources, build, emulator harness, flashing."""
+"""CH32V00x firmware: sources, build, emulator harness, flashing."""

@@ -1,4 +1,4 @@
-"""Run CH32V003/V002 firmware in-process under unicorn, counting instructions and estimating cycles.
+"""Run CH32V00x firmware in-process under unicorn, counting instructions and estimating cycles.
 
 The ELF (linked at 0, mcu/src/link.ld) is loaded from its PT_LOAD segments into flash at 0 and at its
 alias 0x08000000; SRAM is 2 KiB (V003) or 4 KiB (V002) at 0x20000000, and any access outside a modelled

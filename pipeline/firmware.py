@@ -1,4 +1,4 @@
-"""Firmware stage: cross-compile the CH32V003/V002 firmware for the exported model, gate its size.
+"""Firmware stage: cross-compile the CH32V00x firmware for the exported model, gate its size.
 
 Builds mcu/src with engine/bitmcu.c and the export's model.h (mcu/build.py): `demo` embeds the
 first mcu.demo_images test images (0 = as many as fit in flash) and prints a line per image;
