@@ -95,7 +95,11 @@ _KEYS: list[Key] = [
     Key("train.restart_period", "int", 10, "epochs of the first cycle (scheduler: cosine_restarts)", lo=1, hi=10000),
     Key("train.restart_mult", "int", 1, "cycle length factor (scheduler: cosine_restarts)", lo=1, hi=16),
     Key("train.seed", "int", 0, "seed of initialization, shuffling and augmentation", lo=0, hi=2**31 - 1),
-    Key("train.train_limit", "int", 0, "use only the first N training images; 0 = all 60,000", lo=0, hi=MNIST_TRAIN),
+    Key("train.val_images", "int", 5000, "training images held out as the validation split (class-stratified, "
+        "the same for every seed) that model selection and the per-epoch curve use; the test set is evaluated "
+        "once, after training; 0 = none", lo=0, hi=MNIST_TRAIN // 2),
+    Key("train.train_limit", "int", 0, "use only the first N training images left after the validation split; "
+        "0 = all of them", lo=0, hi=MNIST_TRAIN),
     Key("train.augment", "bool", True, "add augmented copies of the training set each epoch"),
     Key("train.aug_copies", "int", 1, "augmented copies per epoch (1 = BitNetMCU's 120k samples)", lo=1, hi=16),
     Key("train.rotation_deg", "float", 20.0, "max |rotation| in degrees", lo=0.0, hi=180.0),
@@ -153,10 +157,15 @@ def _scale_range(v: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _steps_per_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     copies = 1 + (v["train.aug_copies"] if v["train.augment"] else 0)
-    samples = (v["train.train_limit"] or MNIST_TRAIN) * copies
+    left = MNIST_TRAIN - v["train.val_images"]
+    if v["train.train_limit"] > left:
+        return [("train.train_limit", f"{v['train.train_limit']} is more than the {left} training images left "
+                 f"after the validation split (train.val_images {v['train.val_images']}) (allowed: 0 to {left})")]
+    images = v["train.train_limit"] or left
+    samples = images * copies
     if v["train.batch_size"] > samples and v["import.src"] is None:
         return [("train.batch_size", f"{v['train.batch_size']} is larger than the {samples} samples of an epoch "
-                 f"({v['train.train_limit'] or MNIST_TRAIN} images x {copies} copies): no optimizer step would "
+                 f"({images} images x {copies} copies): no optimizer step would "
                  f"run (allowed: at most {samples}, or a larger train.train_limit)")]
     return []
 

@@ -112,6 +112,22 @@ def downscale(images: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im).resize((n, n), Image.BILINEAR)) for im in images])
 
 
+VAL_SEED = 5000  # the validation split is a fact of the data set, the same for every training seed
+
+
+def validation_split(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation), each ascending: n images held out, each class in its share of labels."""
+    counts = np.bincount(labels, minlength=int(labels.max()) + 1)
+    want = n * counts / counts.sum()
+    take = np.floor(want).astype(np.int64)
+    take[np.argsort(take - want, kind="stable")[:n - int(take.sum())]] += 1  # largest remainders round up
+    rng = np.random.default_rng(VAL_SEED)
+    val = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in enumerate(take)])
+    keep = np.ones(len(labels), bool)
+    keep[val] = False
+    return np.flatnonzero(keep), np.sort(val)
+
+
 def run(ctx) -> dict:
     from pipeline.stage import ROOT
 

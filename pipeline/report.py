@@ -109,12 +109,16 @@ def training_section(history: list[dict[str, Any]], out: Path) -> tuple[str, lis
     if not history:
         return ("<p>This run's train entry holds no training history (metrics.json absent or empty, "
                 "as for an imported checkpoint).</p>", [])
-    best = max(history, key=lambda h: h["test_acc"])
     fig = figs.training_curves(history, out / "training.png").name
-    text = (f"<p>{len(history)} epochs; final training loss {history[-1]['train_loss']:.4f}; test accuracy "
-            f"(integer eval) after the last epoch {_pct(history[-1]['test_acc'])}, best "
-            f"{_pct(best['test_acc'])} after epoch {best['epoch']}. Clip values and code entropy are "
-            f"those in force during each epoch.</p>")
+    judged = [h for h in history if h.get("val_acc") is not None]
+    if judged:
+        best = max(judged, key=lambda h: h["val_acc"])
+        val = (f"validation accuracy after the last epoch {_pct(judged[-1]['val_acc'])}, best "
+               f"{_pct(best['val_acc'])} after epoch {best['epoch']}; the test set is evaluated once, after training")
+    else:
+        val = "no validation split (train.val_images: 0), so no per-epoch accuracy"
+    text = (f"<p>{len(history)} epochs; final training loss {history[-1]['train_loss']:.4f}; {val}. "
+            f"Clip values and code entropy are those in force during each epoch.</p>")
     return text + figure(fig, "training curves"), [fig]
 
 

@@ -39,13 +39,14 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> Path:
     ax[0].set(title="training loss (cross-entropy)", ylabel="loss")
 
     train_acc = [100 * h["train_acc"] for h in history]
-    test_acc = [100 * h["test_acc"] for h in history]
+    val_acc = [100 * h["val_acc"] for h in history if h.get("val_acc") is not None]
     ax[1].plot(epochs, train_acc, marker=marker, label="train (augmented, QAT forward)")
-    ax[1].plot(epochs, test_acc, marker=marker, label="test (integer eval, 10,000 images)")
+    if val_acc:
+        ax[1].plot(epochs, val_acc, marker=marker, label="validation (held-out training images)")
     skip = len(epochs) // 10
-    later = train_acc[skip:] + test_acc[skip:]
+    later = train_acc[skip:] + val_acc[skip:]
     ax[1].set_ylim(max(0.0, min(later) - 0.5), 100)  # zoom past the first epochs' low values
-    ax[1].set(title=f"accuracy (final test {test_acc[-1]:.2f}%)", ylabel="accuracy (%)")
+    ax[1].set(title="accuracy" + (f" (final validation {val_acc[-1]:.2f}%)" if val_acc else ""), ylabel="accuracy (%)")
     ax[1].legend(fontsize=9)
 
     ax[2].plot(epochs, [h["lr"] for h in history], marker=marker)

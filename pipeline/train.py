@@ -4,8 +4,9 @@ The whole dataset stays in memory as uint8 tensors; each epoch is the clean set 
 freshly augmented copies made a whole batch at a time (pipeline/augment.py). Every random draw comes
 from a generator seeded by (seed, epoch, purpose), so an epoch is a pure function of the weights it
 starts from: a checkpoint after each epoch (model, optimizer, scheduler, metrics) is enough to resume
-a killed run bit-identically. The accuracy reported is `int_eval` (the contract's integer path) on
-the whole test set.
+a killed run bit-identically. `train.val_images` training images (a fixed class-stratified split) are
+held out: each epoch is judged on them, never on the test set, which is evaluated once, after the last
+epoch, with `int_eval` (the contract's integer path): the figure the report gives.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from contract.errors import UserError
 from contract.spec import model_spec
 from pipeline.augment import AugmentSpec, augment
+from pipeline.data import validation_split
 from pipeline.ema import WeightAverage
 from pipeline.models import QModel, build_model
 from pipeline.stages import data
@@ -172,12 +174,15 @@ def run(ctx) -> dict:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(cfg.resolved("train.threads"))
     dev = _device(cfg.resolved("train.device"), cfg["train.device"])
-    limit = cfg["train.train_limit"] or None
     train_images, train_raw, train_labels = data.mnist_train(ctx.input("data"))
     test_images, test_labels = data.mnist_test(ctx.input("data"))
-    clean = torch.from_numpy(train_images[:limit]).unsqueeze(1).to(dev)
-    raw = torch.from_numpy(train_raw[:limit]).to(dev)
-    labels = torch.from_numpy(train_labels[:limit]).to(dev)
+    fit, held = validation_split(train_labels, cfg["train.val_images"])
+    fit = fit[:cfg["train.train_limit"] or None]
+    clean = torch.from_numpy(train_images[fit]).unsqueeze(1).to(dev)
+    raw = torch.from_numpy(train_raw[fit]).to(dev)
+    labels = torch.from_numpy(train_labels[fit]).to(dev)
+    val_x = torch.from_numpy(train_images[held]).unsqueeze(1).to(dev)
+    val_y = torch.from_numpy(train_labels[held]).to(dev)
     test_x = torch.from_numpy(test_images).unsqueeze(1).to(dev)
     test_y = torch.from_numpy(test_labels).to(dev)
 
@@ -223,16 +228,16 @@ def run(ctx) -> dict:
             model.apply_pruning(spec.prune_keep)
         model.update_clipping()
         with ema.swapped_in(model) if ema is not None else nullcontext():  # evaluate what would be exported
-            test_acc, _ = evaluate(model, test_x, test_y, int_eval=False)
+            val_acc = evaluate(model, val_x, val_y, int_eval=False)[0] if len(held) else None
             entropy = model.code_entropy()
-        row = {"epoch": epoch + 1, **stats, "test_acc": test_acc, "lr": lr,
+        row = {"epoch": epoch + 1, **stats, "val_acc": val_acc, "lr": lr,
                "clip": {k: [round(float(v), 6) for v in np.atleast_1d(c)] if np.ndim(c) else round(float(c), 6)
                         for k, c in clips.items()},
                "entropy": {k: round(v, 4) for k, v in entropy.items()},
                "seconds": round(time.perf_counter() - t0, 2), "augment_seconds": round(t_aug, 2)}
         history.append(row)
         ctx.log(f"epoch {epoch + 1}/{epochs}: loss {stats['train_loss']:.4f} train {stats['train_acc']:.4f} "
-                f"test(int) {test_acc:.4f} lr {lr:.2e} {row['seconds']:.1f}s")
+                + (f"val {val_acc:.4f} " if val_acc is not None else "") + f"lr {lr:.2e} {row['seconds']:.1f}s")
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "ema": ema.state_dict() if ema is not None else None,
@@ -242,6 +247,7 @@ def run(ctx) -> dict:
     if ema is not None:
         ema.apply(model)
     model.update_clipping()
+    val_acc = evaluate(model, val_x, val_y)[0] if len(held) else None
     test_acc, preds = evaluate(model, test_x, test_y)
     torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / stage.MODEL)
     np.save(ctx.out / stage.PREDICTIONS, preds.astype(np.uint8))
@@ -252,12 +258,14 @@ def run(ctx) -> dict:
         "test_accuracy_int": round(test_acc, 6),
         "test_errors": int(round((1 - test_acc) * len(test_y))),
         "test_images": len(test_y),
+        "val_accuracy_int": round(val_acc, 6) if val_acc is not None else None,
+        "val_images": len(held),
         "train_samples_per_epoch": len(clean) * copies,
         "epochs": epochs,
         "weights": weights,
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2) if history else None,
         "final_train_loss": history[-1]["train_loss"] if history else None,
-        "best_epoch_test_acc": max((h["test_acc"] for h in history), default=None),
+        "best_epoch_val_acc": max((h["val_acc"] for h in history if h["val_acc"] is not None), default=None),
         "device": str(dev),
         "entropy_bits": model.code_entropy(),
     }

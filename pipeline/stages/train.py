@@ -14,7 +14,7 @@ MODEL, METRICS, PREDICTIONS = "model.pt", "metrics.json", "test_predictions.npy"
 
 KEYS = tuple(SPEC_KEYS) + (
     "train.epochs", "train.batch_size", "train.lr", "train.scheduler", "train.step_size", "train.gamma",
-    "train.restart_period", "train.restart_mult", "train.seed", "train.train_limit", "train.augment",
+    "train.restart_period", "train.restart_mult", "train.seed", "train.val_images", "train.train_limit", "train.augment",
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
     "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
     "train.label_smoothing", "train.ema", "train.weight_decay", "train.device", "train.threads",

@@ -107,7 +107,7 @@ def test_unsupported_combinations(tmp_path):
 
 def test_multiplier_format_refused_for_ch32v003_before_training():
     with pytest.raises(config.ConfigError, match=r"quant.formats: 8bit need a multiply instruction, which "
-                                                 r"mcu.target ch32v003 lacks \(allowed: .*; or mcu.target: ch32v002\)"):
+                                                 r"mcu.target ch32v003 lacks \(allowed: .*; or mcu.target: ch32v002, ch32v006\)"):
         config.load(ROOT / 'configs' / 'tiny.yaml').replace(**{"quant.formats": ["8bit"]})
     assert config.load(ROOT / 'configs' / 'tiny.yaml').replace(**{"quant.formats": ["8bit"], "mcu.target": "ch32v002"})
 
@@ -117,6 +117,8 @@ def test_multiplier_format_refused_for_ch32v003_before_training():
      "train.batch_size: 4096 is larger than the 2048 samples of an epoch (1024 images x 2 copies)"),
     ("  batch_size: 128\n  train_limit: 5\n",
      "train.batch_size: 128 is larger than the 10 samples of an epoch (5 images x 2 copies)"),
+    ("  train_limit: 56000\n", "train.train_limit: 56000 is more than the 55000 training images left after the "
+     "validation split (train.val_images 5000) (allowed: 0 to 55000)"),
     ("  lr: 5e-3\n", "train.lr: must be a number; got the string '5e-3': YAML reads an exponent without a "
      "decimal point as text, write 5.0e-3"),
 ])

@@ -117,3 +117,15 @@ def test_a_failed_download_is_a_message_and_leaves_no_folder(tmp_path, monkeypat
     with pytest.raises(DataError, match=r"data.allow_download: downloading MNIST failed \(<urlopen error"):
         data.locate(None, root, allow_download=True)
     assert not (root / "data" / "MNIST").exists()
+
+
+def test_validation_split_is_fixed_stratified_and_disjoint():
+    labels = np.random.default_rng(3).choice(10, size=6000, p=np.linspace(0.05, 0.15, 10))
+    fit, val = data.validation_split(labels, 500)
+    assert len(val) == 500 and len(fit) == 5500 and not set(fit) & set(val)
+    assert np.all(np.diff(fit) > 0) and np.all(np.diff(val) > 0)       # ascending: training order is kept
+    share = np.bincount(labels[val], minlength=10) / 500
+    assert np.abs(share - np.bincount(labels, minlength=10) / 6000).max() <= 1 / 500   # each class its share
+    again = data.validation_split(labels, 500)
+    assert np.array_equal(again[1], val)                                 # the same split every time
+    assert data.validation_split(labels, 0)[1].size == 0

@@ -31,7 +31,9 @@ def test_tiny_run_reports_integer_accuracy(tiny_pipeline):
     assert summary["test_images"] == 10000
     assert 0.3 < summary["test_accuracy_int"] <= 1.0  # 64 steps on 512 images: far above chance
     history = json.loads((train / "metrics.json").read_text())
-    assert len(history) == 2 and {"train_loss", "test_acc", "lr", "clip", "entropy"} <= set(history[0])
+    assert len(history) == 2 and {"train_loss", "val_acc", "lr", "clip", "entropy"} <= set(history[0])
+    assert not any("test" in k for h in history for k in h)       # epochs are judged on held-out training images
+    assert summary["val_images"] == 5000 and 0.3 < summary["val_accuracy_int"] <= 1.0
 
 
 @pytest.mark.mnist
