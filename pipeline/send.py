@@ -6,8 +6,8 @@
 
 Where (pipeline/backends.py; one of): `--host RUN_DIR` runs the run's library stage (the C engine built for
 the host); `--emulator FW_OR_RUN_DIR` runs its serial-mode firmware under the emulator (`--target` to emulate
-another chip); `--port [PORT]` talks to a board running that firmware. With none of them: the board on
-`mcu.port`'s default, the first /dev/ttyUSB* or /dev/ttyACM*.
+another chip); `--port [PORT]` talks to a board running that firmware. With none of them (or `--port`
+without PORT): the board on the first /dev/ttyUSB* or /dev/ttyACM* (this command reads no config).
 
 What: an integer is that MNIST test image (checksummed originals, found as the data stage finds them,
 downscaled like it); anything else is a picture file (PNG, JPEG, ...), which pipeline/photo.py turns into
