@@ -442,16 +442,19 @@ def test_send_pings_then_sends_each_image(tmp_path):
 
     from PIL import Image
 
-    from pipeline.send import send
+    from pipeline.backends import FirmwareBackend
+    from pipeline.send import header, send
 
     for i in range(2):
         Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     link, out = ScriptedLink(), io.StringIO()
-    answers = send(link, [str(tmp_path / "0.png"), str(tmp_path / "1.png")], out=out)
+    board = FirmwareBackend(link, "board")
+    answers = send(board, [str(tmp_path / "0.png"), str(tmp_path / "1.png")], raw=True, out=out)
     assert link.sent[0] == protocol.ping_frame() and [len(f) for f in link.sent[1:]] == [6 + 64] * 2
-    assert link.sent[2][5:69] == bytes([40] * 64) and answers[1] == Result(0, 1234, tuple(range(10)))
-    assert "firmware: ch32v002, 8x8 images, 10 classes" in out.getvalue()
-    assert f"{tmp_path / '1.png'}: class 0, 1234 cycles, logits [0, 1" in out.getvalue()
+    assert link.sent[2][5:69] == bytes([40] * 64) and answers[1].cycles == 1234 and answers[1].cls == 0
+    assert header(board) == "firmware: ch32v002, 8x8 images, 10 classes (board)"
+    assert f"{tmp_path / '1.png'}: class 0, logits [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 1234 cycles = 0.026 ms at 48 MHz" \
+        in out.getvalue()
 
 
 # ---- end to end in the emulator (mcu/emulator.py) ---------------------------------------------------------------
@@ -538,12 +541,14 @@ def test_send_command_against_the_emulator(tmp_path, tiny_model, capsys):
     img = pixels(1, 8, seed=2)[0][0]
     Image.fromarray(img).save(tmp_path / "x.png")
     want = _c_engine(tiny_model, img[None], tmp_path)
-    assert main(["--emulator", str(tmp_path), str(tmp_path / "x.png")]) == 0
+    assert main(["--emulator", str(tmp_path), "--raw", str(tmp_path / "x.png")]) == 0  # random pixels: no digit to find
     out = capsys.readouterr().out
-    assert "firmware: ch32v002, 8x8 images, 10 classes" in out
-    assert f"class {want['preds'][0]}," in out and str(want["logits"][0].tolist()) in out
-    assert main(["--emulator", str(tmp_path / "firmware.elf"), "--target", "ch32v002", str(tmp_path / "no.png")]) == 1
-    assert "no.png: cannot be read as an image" in capsys.readouterr().err
+    assert "firmware: ch32v002, 8x8 images, 10 classes (emulator)" in out
+    assert f"class {want['preds'][0]}, logits {want['logits'][0].tolist()}, " in out and " cycles = " in out
+    for raw, message in (["--raw"], "no.png: cannot be read as an image"), ([], "no.png: cannot be read (No such file"):
+        assert main(["--emulator", str(tmp_path / "firmware.elf"), "--target", "ch32v002", *raw,
+                     str(tmp_path / "no.png")]) == 1
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.riscv
