@@ -25,7 +25,8 @@ def find_port(configured: str | None, patterns: tuple[str, ...] = PORT_PATTERNS)
             return found[0]
     raise PortError(f"no serial port found (looked for {' and '.join(patterns)}): connect a USB-serial adapter "
                     "(its RX to the board's PD5 = USART1 TX, its TX to PD6, GND to GND) or name the port with "
-                    "port=/dev/ttyUSB0 (your adapter) or the config key mcu.port")
+                    "port=/dev/ttyUSB0 (doit monitor; or the config key mcu.port) or --port /dev/ttyUSB0 "
+                    "(python -m pipeline.send)")
 
 
 def open_port(port: str, timeout: float = 0.2):

@@ -142,7 +142,7 @@ _KEYS: list[Key] = [
     Key("mcu.segment_active_low", "bool", False, "true for a common-anode display (a segment lights when its "
         "pin is low)"),
     Key("mcu.port", "path", None, "serial port of the board's USART1 (USB-serial adapter) for `doit monitor` "
-        "and `python -m pipeline.send`; null = the first /dev/ttyUSB* or /dev/ttyACM*", runtime=True),
+        "and `doit demo` (`python -m pipeline.send` takes --port); null = the first /dev/ttyUSB* or /dev/ttyACM*", runtime=True),
 ]
 
 SCHEMA: dict[str, Key] = {k.name: k for k in _KEYS}
