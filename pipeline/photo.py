@@ -104,7 +104,6 @@ def _ink(img: np.ndarray, dark: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
     smooth = cv2.GaussianBlur(img, (5, 5), 0)  # less noise biasing the closing's max
     kern = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
     bg = cv2.morphologyEx(smooth, cv2.MORPH_CLOSE if dark else cv2.MORPH_OPEN, kern)
-    bg = cv2.blur(bg, (k // 2 | 1, k // 2 | 1))
     ink = cv2.subtract(bg, smooth) if dark else cv2.subtract(smooth, bg)
     return ink, bg
 
@@ -217,7 +216,6 @@ def preprocess(picture: Picture, n: int, roi: tuple[int, int, int, int] | None =
     lt, _ = cv2.threshold(cut[keepmask > 0], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thr = max(floor, min(thr, lt)) if lt >= floor else thr
     strokes = ((cut > thr) & (keepmask > 0)).astype(np.uint8)
-    strokes = cv2.morphologyEx(strokes, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     if not strokes.any():
         strokes = keepmask
     strokes = _normalize_stroke(strokes)
