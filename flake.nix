@@ -29,7 +29,7 @@
           };
           python = pkgs.python3.withPackages (p: with p; [
             torch torchvision numpy numba doit pyyaml cffi tqdm filelock pillow matplotlib
-            unicorn pyelftools pyserial pyusb rvprog
+            unicorn pyelftools pyserial pyusb rvprog opencv4
             pytest hypothesis pytest-xdist ruff
           ]);
           cross = pkgs.pkgsCross.riscv64-embedded.buildPackages;

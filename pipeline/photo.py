@@ -22,7 +22,8 @@ Picture = Union[str, Path, bytes, np.ndarray]
 WORK_SIDE = 320      # frames are analysed at most this large (speed); the digit is cut from full resolution
 MIN_CONTRAST = 24    # grey levels between ink and background below which a frame is blank
 BOX, FIELD = 20, 28  # MNIST: the digit fits BOX x BOX, centred by mass in FIELD x FIELD
-STROKE = 0.14        # MNIST's typical stroke width as a fraction of the box's longer side
+STROKE_RANGE = (0.11, 0.18)  # MNIST's stroke width / the box's longer side: quartiles 0.12..0.17, median 0.14
+CUT = 96             # the digit is binarised and its strokes normalised at this size (longer side)
 
 
 @dataclass
@@ -79,23 +80,65 @@ def crop(img: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.ndarray:
     return img[y:y + h, x:x + w]
 
 
-def _ink(img: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Ink strength (0 = background) with uneven light flattened, and whether the ink was dark."""
+def _polarity(work: np.ndarray) -> tuple[bool, float]:
+    """Whether the ink is dark, and the noise level. The background is what a coarse median sees (the digit
+    fills less than half of a third of the frame); ink is the side whose deviations are larger and more."""
     import cv2
 
-    k = max(3, (min(img.shape) // 6) | 1)
-    small = cv2.resize(img, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA) if min(img.shape) > 64 else img
-    ks = max(3, (min(small.shape) // 6) | 1) if small is not img else k
-    bg = cv2.medianBlur(small, min(ks, 255))
-    if small is not img:
-        bg = cv2.resize(bg, img.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    diff = img.astype(np.int16) - bg.astype(np.int16)
-    # Polarity: the side with more pixels far beyond the noise is ink (noise and JPEG halos are sparse)
-    noise = 1.4826 * float(np.median(np.abs(diff - np.median(diff))))
-    t = max(MIN_CONTRAST, 4 * noise)
-    dark = int((diff < -t).sum()) >= int((diff > t).sum())
-    ink = np.clip(-diff if dark else diff, 0, 255).astype(np.uint8)
-    return ink, bool(dark)
+    tiny = cv2.resize(work, (64, max(8, round(64 * work.shape[0] / work.shape[1]))), interpolation=cv2.INTER_AREA)
+    bg = cv2.medianBlur(tiny, (min(tiny.shape) // 3) | 1)
+    diff = tiny.astype(np.float32) - bg.astype(np.float32)
+    fine = work.astype(np.float32) - cv2.GaussianBlur(work, (5, 5), 0).astype(np.float32)
+    noise = 1.4826 * float(np.median(np.abs(fine))) * 1.6  # a 5x5 blur's residual understates the noise
+    t = max(MIN_CONTRAST / 2, 3 * noise)
+    dark = float(np.clip(-diff - t, 0, None).sum()) >= float(np.clip(diff - t, 0, None).sum())
+    return bool(dark), noise
+
+
+def _ink(img: np.ndarray, dark: bool, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ink strength (uint8, 0 = background) with uneven light flattened, and the background it was measured
+    against. The background is a closing (an opening for light ink) wider than any stroke: it removes the
+    strokes whatever their width and keeps the light's gradients and a shadow's edge."""
+    import cv2
+
+    smooth = cv2.GaussianBlur(img, (5, 5), 0)  # less noise biasing the closing's max
+    kern = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    bg = cv2.morphologyEx(smooth, cv2.MORPH_CLOSE if dark else cv2.MORPH_OPEN, kern)
+    ink = cv2.subtract(bg, smooth) if dark else cv2.subtract(smooth, bg)
+    return ink, bg
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width of a binary mask: across a strip, the distance to the edge averages a quarter of it."""
+    import cv2
+
+    dt = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    inside = dt[mask > 0]
+    return 4.0 * float(inside.mean()) if inside.size else 0.0
+
+
+def _normalize_stroke(mask: np.ndarray) -> np.ndarray:
+    """Thicken a thin pen's strokes or thin a marker's towards MNIST's (STROKE_RANGE of the box's longer side);
+    a 1-pixel pen line would otherwise vanish in the downscale, a marker's fill the loops."""
+    import cv2
+
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return mask
+    side = max(int(np.ptp(ys)), int(np.ptp(xs))) + 1
+    w = _stroke_width(mask)
+    lo, hi = STROKE_RANGE
+    want = min(max(w, lo * side), hi * side)
+    r = int(round(abs(want - w) / 2))
+    if r == 0:
+        return mask
+    if want > w:
+        return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    # thinning keeps the ridge (distance-transform maxima) so narrower parts of a stroke do not break
+    dt = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    ridge = (dt >= cv2.dilate(dt, np.ones((3, 3), np.uint8)) - 0.5) & (dt > 0)
+    ridge = cv2.dilate(ridge.astype(np.uint8), np.ones((3, 3), np.uint8))
+    return (((dt > r) | (ridge > 0)) & (mask > 0)).astype(np.uint8)
 
 
 def preprocess(picture: Picture, n: int, roi: tuple[int, int, int, int] | None = None,
@@ -111,12 +154,15 @@ def preprocess(picture: Picture, n: int, roi: tuple[int, int, int, int] | None =
     img = crop(read_grey(picture, name), roi)
     scale = min(1.0, WORK_SIDE / max(img.shape))
     work = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
-    ink, dark = _ink(work)
-    if int(ink.max()) < MIN_CONTRAST:
+    dark, noise = _polarity(work)
+    k = max(15, (min(work.shape) // 4) | 1)
+    ink, bg = _ink(work, dark, k)
+    floor = max(MIN_CONTRAST, 4 * noise)
+    if int(ink.max()) < floor:
         raise UserError(f"{name}: no digit found (a blank frame: no strokes stand out from the background)")
-    t, mask = cv2.threshold(cv2.GaussianBlur(ink, (3, 3), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if t < MIN_CONTRAST / 2:
-        _, mask = cv2.threshold(ink, MIN_CONTRAST / 2, 255, cv2.THRESH_BINARY)
+    t, mask = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if t < floor:
+        _, mask = cv2.threshold(ink, floor, 255, cv2.THRESH_BINARY)
     count, labels, stats, cents = cv2.connectedComponentsWithStats(mask, connectivity=8)
     H, W = mask.shape
     comps = []
@@ -147,12 +193,34 @@ def preprocess(picture: Picture, n: int, roi: tuple[int, int, int, int] | None =
         notes.append(f"{others + 1} digits found: took the largest")
     sel = np.isin(labels, keep)
     ys, xs = np.nonzero(sel)
-    bx, by, bw, bh = int(xs.min()), int(ys.min()), int(xs.max()) + 1 - int(xs.min()), int(ys.max()) + 1 - int(ys.min())
-    # The digit's ink, at working resolution, inside a slightly grown mask (keeps antialiased edges)
-    grown = cv2.dilate(sel.astype(np.uint8), np.ones((3, 3), np.uint8))
-    digit = (ink.astype(np.float32) * grown)[by:by + bh, bx:bx + bw]
-    top = np.percentile(digit[sel[by:by + bh, bx:bx + bw]], 90)
-    digit = np.clip(digit * (255.0 / max(top, 1.0)), 0, 255)
+    bx, by = int(xs.min()), int(ys.min())
+    bw, bh = int(xs.max()) + 1 - bx, int(ys.max()) + 1 - by
+    # Cut the digit from full resolution (a thin line survives there), with a margin for the antialiased edge
+    m = 2
+    cx0, cy0 = max(0, bx - m), max(0, by - m)
+    cx1, cy1 = min(W, bx + bw + m), min(H, by + bh + m)
+    fx0, fy0 = int(cx0 / scale), int(cy0 / scale)
+    fx1, fy1 = min(img.shape[1], int(np.ceil(cx1 / scale))), min(img.shape[0], int(np.ceil(cy1 / scale)))
+    # at a canonical size: the stroke arithmetic below is the same for a small and a large digit
+    f = CUT / max(fx1 - fx0, fy1 - fy0)
+    size = (max(1, round((fx1 - fx0) * f)), max(1, round((fy1 - fy0) * f)))
+    interp = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    grey = cv2.resize(img[fy0:fy1, fx0:fx1], size, interpolation=interp)
+    back = cv2.resize(bg[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
+    grey = cv2.GaussianBlur(grey, (3, 3), 0)
+    cut = cv2.subtract(back, grey) if dark else cv2.subtract(grey, back)
+    keepmask = cv2.resize(sel[cy0:cy1, cx0:cx1].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    keepmask = cv2.dilate(keepmask, np.ones((5, 5), np.uint8))
+    thr = max(t if t >= floor else floor, 1) * 0.8
+    # the local Otsu level, where it is clear of the noise: the digit's own contrast (not the frame's)
+    lt, _ = cv2.threshold(cut[keepmask > 0], 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thr = max(floor, min(thr, lt)) if lt >= floor else thr
+    strokes = ((cut > thr) & (keepmask > 0)).astype(np.uint8)
+    if not strokes.any():
+        strokes = keepmask
+    strokes = _normalize_stroke(strokes)
+    ys, xs = np.nonzero(strokes)
+    digit = strokes[ys.min():ys.max() + 1, xs.min():xs.max() + 1].astype(np.float32) * 255.0
     field28 = place(digit)
     box = tuple(int(round(v / scale)) for v in (bx, by, bw, bh))
     if roi is not None:
