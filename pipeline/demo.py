@@ -190,17 +190,24 @@ def make_server(app, listen_port: int = 8000, host: str = "127.0.0.1"):
 
 
 def serve(backends: dict[str, Backend], listen_port: int = 8000) -> None:
-    """Serve the page until Ctrl-C."""
+    """Serve the page until Ctrl-C; one log line per failed request (not one per camera frame)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("demo: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server(create_app(backends), listen_port)
     url = f"http://127.0.0.1:{server.server_port}/"
     print(f"demo: {', '.join(f'{n} ({b.image_size}x{b.image_size})' for n, b in backends.items())}", flush=True)
     print(f"demo: open {url}  (Ctrl-C stops it)", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # werkzeug's ends quietly on Ctrl-C
     except KeyboardInterrupt:
-        print("\ndemo: stopped", flush=True)
+        pass
     finally:
         server.server_close()
+    print("\ndemo: stopped", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen-port", type=int, default=8000, metavar="N",
                    help="the page's port on 127.0.0.1 (default 8000; 0 = a free one)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per error, not per camera frame
     try:
         serve(open_backends(args.host, args.emulator, args.port), args.listen_port)
     except UserError as e:
