@@ -178,9 +178,15 @@ def open_backends(host: Path | None = None, emulator: Path | None = None, port: 
 
 def make_server(app, listen_port: int = 8000, host: str = "127.0.0.1"):
     """A threaded werkzeug server on host:listen_port (0: a free port); a busy port is a UserError."""
+    import socket
+
     from werkzeug.serving import make_server as werkzeug_server
 
     try:
+        if listen_port:  # werkzeug would print its own lines and sys.exit on a busy port: ask first
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+                probe.bind((host, listen_port))
         return werkzeug_server(host, listen_port, app, threaded=True)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:

@@ -146,7 +146,7 @@
   $("camera").addEventListener("click", function () {
     if (camera) { stopCamera(); return; }
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      showError("this browser offers no camera here (it needs http://127.0.0.1 or https)");
+      showError("this browser offers no camera here (the page must come from 127.0.0.1, localhost or an https address)");
       return;
     }
     navigator.mediaDevices.getUserMedia({ video: true, audio: false }).then(function (stream) {
