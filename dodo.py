@@ -24,7 +24,8 @@ from pipeline.graph import STAGES, Plan
 from pipeline.store import Store
 
 # command-line variables: name -> what it is for (an unknown one is an error, never ignored)
-VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild", "port": "monitor: serial port",
+VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild",
+             "port": "monitor: serial port; demo: also offer the board on it", "listen": "demo: the page's port",
              "src": "import: checkpoint", "name": "import: config name", "quant": "import: QuantType",
              "widths": "import: FC widths", "cnn_width": "import: CNN channels", "dir": "import: config folder"}
 
@@ -83,7 +84,8 @@ def _tasks_asked() -> list[str]:
 def _stages_to_run() -> set[str]:
     """The stages the asked tasks build, their upstream included."""
     names = _tasks_asked()
-    wanted = {SWEEP.stage if n == "sweep" and SWEEP else "firmware" if n == "flash" else n for n in names}
+    wanted = {SWEEP.stage if n == "sweep" and SWEEP else {"flash": "firmware", "demo": "library"}.get(n, n)
+              for n in names}
     for s in reversed(STAGES):      # pipeline order is topological: walking back collects every input
         if s.name in wanted:
             wanted.update(s.inputs)
@@ -99,8 +101,8 @@ DOIT_CONFIG = {
 if SWEEP:
     DOIT_CONFIG["num_process"] = min(len(PLANS), os.cpu_count() or 1)
 
-if SWEEP and {"flash", "monitor"} & set(_tasks_asked()):
-    _fail(f"cfg={CFG} is a sweep; flash and monitor take one config (e.g. one of its runs: "
+if SWEEP and {"flash", "monitor", "demo"} & set(_tasks_asked()):
+    _fail(f"cfg={CFG} is a sweep; flash, monitor and demo take one config (e.g. one of its runs: "
           f"cfg={ARTIFACTS / 'sweeps' / SWEEP.name / (SWEEP.runs[0].name + '.yaml')})")
 if "export" in _stages_to_run():   # before any stage runs: a model without an integer form cannot be exported
     for _plan in PLANS:
@@ -127,7 +129,7 @@ for _stage in STAGES:
 
 
 def _board_action(fn):
-    """A flash/monitor action on the one config: a UserError prints as one line and fails the task."""
+    """A flash/monitor/demo action on the one config: a UserError prints as one line and fails the task."""
     def action():
         from doit.exceptions import TaskFailed
         try:
@@ -163,6 +165,24 @@ def task_monitor():
         from mcu.monitor import monitor as show
         show(find_port(get_var("port", None) or plan.cfg["mcu.port"]))
     return {"actions": [_board_action(monitor)], "uptodate": [False], "verbosity": 2}
+
+
+def task_demo():
+    """A local page classifying drawn, uploaded or filmed digits with this run (host library; emulator if
+    mcu.mode is serial; the board with port=); listen=N picks the page's port (default 8000)."""
+    serial = not SWEEP and PLANS[0].cfg["mcu.mode"] == "serial"
+
+    def demo(plan):
+        from pipeline.demo import open_backends, serve
+        listen = get_var("listen", "8000")
+        if not listen.isdigit() or int(listen) > 65535:
+            raise UserError(f"listen={listen}: not a port number (0 to 65535; 0 = a free one)")
+        path = plan.store.path
+        serve(open_backends(path("library", plan.keys["library"]),
+                            path("firmware", plan.keys["firmware"]) if serial else None,
+                            get_var("port", None)), int(listen))
+    return {"actions": [_board_action(demo)], "task_dep": ["library"] + (["firmware"] if serial else []),
+            "uptodate": [False], "verbosity": 2}
 
 
 def task_import():

@@ -29,8 +29,8 @@
           };
           python = pkgs.python3.withPackages (p: with p; [
             torch torchvision numpy numba doit pyyaml cffi tqdm filelock pillow matplotlib
-            unicorn pyelftools pyserial pyusb rvprog opencv4
-            pytest hypothesis pytest-xdist ruff
+            unicorn pyelftools pyserial pyusb rvprog opencv4 flask
+            pytest hypothesis pytest-xdist ruff playwright
           ]);
           cross = pkgs.pkgsCross.riscv64-embedded.buildPackages;
         in {

@@ -108,7 +108,7 @@ def test_float_weights_are_refused_before_training_when_export_is_asked_for(tmp_
 
 def test_flash_of_a_sweep_is_refused_before_anything_runs(tmp_path):
     r = doit(tmp_path, f"cfg={ROOT / 'configs' / 'sweep_small.yaml'}", "flash")
-    assert r.returncode == 2 and "is a sweep; flash and monitor take one config" in r.stderr
+    assert r.returncode == 2 and "is a sweep; flash, monitor and demo take one config" in r.stderr
     assert not (tmp_path / "store").exists()
 
 
