@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -172,7 +173,9 @@ def collect(sweep: Sweep, store_root: Path) -> list[dict[str, Any]]:
         emulate = _summary(store_root / "runs", cfg.name, "emulate")
         rows.append({
             "run": cfg.name, "point": _describe(point),
+            "group": _describe({k: v for k, v in point.items() if k != "train.seed"}), "seed": point.get("train.seed"),
             "accuracy": float(train["test_accuracy_int"]),
+            "val_accuracy": None if train.get("val_accuracy_int") is None else float(train["val_accuracy_int"]),
             "flash_bytes": int(export["flash_bytes"]), "weights": int(export["weights"]),
             "verified": None if verify is None else all(v == 0 for v in verify["mismatches"].values()),
             "cycles": None if emulate is None else emulate["cycles"]["mean"],
@@ -183,21 +186,44 @@ def collect(sweep: Sweep, store_root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: for each setting run with two or more train.seed values, every seed's test accuracy and
+    their mean and sample standard deviation ([] when no setting has several seeds)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["seed"] is not None:
+            groups.setdefault(r["group"], []).append(r)
+    groups = {g: sorted(rs, key=lambda r: r["seed"]) for g, rs in groups.items() if len(rs) > 1}
+    if not groups:
+        return []
+    lines = ["", "Over seeds (test accuracy of the integer path; standard deviation with n - 1):", "",
+             "| values | seeds | test accuracy per seed | mean | std | validation mean |", "|---|---|---|---|---|---|"]
+    for g, rs in groups.items():
+        acc = [100 * r["accuracy"] for r in rs]
+        vals = [r["val_accuracy"] for r in rs if r["val_accuracy"] is not None]
+        val = f"{100 * statistics.mean(vals):.2f}%" if len(vals) == len(rs) else "-"
+        lines.append(f"| {g or '(base)'} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"{' / '.join(f'{a:.2f}' for a in acc)} | {statistics.mean(acc):.2f}% | {statistics.stdev(acc):.2f} | {val} |")
+    return lines
+
+
 def write_report(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """results.csv, table.md and pareto.png in out; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["run", "point", "accuracy", "flash_bytes", "weights", "verified", "cycles", "pareto"]
+    fields = ["run", "point", "seed", "accuracy", "val_accuracy", "flash_bytes", "weights", "verified", "cycles", "pareto"]
     with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"# Sweep {sweep.name} ({len(rows)} of {len(sweep.runs)} runs finished)", "",
-             "| run | values | test accuracy (int) | flash bytes | weights | verified | Pareto |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | values | test accuracy (int) | validation | flash bytes | weights | verified | Pareto |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["flash_bytes"]):
         ver = {None: "-", True: "yes", False: "MISMATCH"}[r["verified"]]
-        lines.append(f"| {r['run']} | {r['point']} | {100 * r['accuracy']:.2f}% | {r['flash_bytes']:,} | "
+        val = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
+        lines.append(f"| {r['run']} | {r['point']} | {100 * r['accuracy']:.2f}% | {val} | {r['flash_bytes']:,} | "
                      f"{r['weights']:,} | {ver} | {'*' if r['pareto'] else ''} |")
+    lines += seed_table(rows)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     _plot(sweep, rows, out / "pareto.png")
     return [out / "results.csv", out / "table.md", out / "pareto.png"]

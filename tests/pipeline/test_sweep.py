@@ -127,3 +127,14 @@ def test_a_bad_base_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"sw.yaml: sweep.base: configs/nosuch.yaml: the preset the runs start "
                                           r"from cannot be used:\nconfigs/nosuch.yaml: config file not found"):
         sweep.load(p, tmp_path / "out", STAGE_NAMES)
+
+
+def test_seed_table_gives_each_seed_then_mean_and_std_per_setting():
+    def row(group, seed, acc, val=None):
+        return {"group": group, "seed": seed, "accuracy": acc, "val_accuracy": val}
+    rows = [row("model.widths=32", 1, 0.980, 0.97), row("model.widths=32", 0, 0.990, 0.99),
+            row("model.widths=32", 2, 0.985, 0.98), row("model.widths=64", 0, 0.995), row("", None, 0.5)]
+    lines = sweep.seed_table(rows)
+    body = [ln for ln in lines if ln.startswith("| model")]
+    assert body == ["| model.widths=32 | 0, 1, 2 | 99.00 / 98.00 / 98.50 | 98.50% | 0.50 | 98.00% |"]
+    assert sweep.seed_table([row("a", 0, 0.9), row("b", 0, 0.8)]) == []  # one seed each: no table
