@@ -92,7 +92,10 @@ def main() -> None:
              conds[i]) for i in np.flatnonzero(~right)]
     out = Path(args.out)
     failure_grid(rows, out)
-    print(f"{len(rows)} failures (the first {min(len(rows), 60)} drawn) in {out}")
+    both = int((~right & (clean != labels)).sum())
+    print(f"{len(rows)} failures (the first {min(len(rows), 60)} drawn) in {out}; {both} of them are also wrong "
+          f"as clean images, and {int((right & (clean != labels)).sum())} digits wrong as clean images are right "
+          "as photos")
 
 
 if __name__ == "__main__":
