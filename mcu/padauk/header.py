@@ -1,10 +1,11 @@
-"""The model header of the SDCC engine (mcu/padauk/src/bm_pdk.h): a packed FC model and test images as C.
+"""The model header of the SDCC engine (bm_pdk_model.h for mcu/padauk/src/bm_pdk.c): a packed FC model and
+test images as C.
 
 Weights stay in the contract's packing (CONTRACT §9, contract/packing.py): each row is the little-endian
 bytes of its packed words with the trailing padding bytes dropped (a ROM byte costs a whole instruction
 word on a Padauk part), so the engine reads code j of a row at byte j // P, P = codes per byte from the
-format table. The accumulator width is decided here from every layer's CONTRACT §3 bound: int16 where all
-fit in 16 bits (ShiftNorm's rounding then runs on the unsigned 16-bit twin), else int32. numpy only.
+format table. The accumulator width is decided here from every layer's CONTRACT §3 bound (contract.spec):
+int16 where all fit in 16 bits, else int32. The text is deterministic. numpy only.
 """
 from __future__ import annotations
 
@@ -18,19 +19,18 @@ from contract.spec import layer_bound
 
 FORMATS_PDK = ("binary", "binarybalanced", "ternary", "2bitsym", "4bitsym")   # multiplier-free, byte packed
 INT16_MAX = 2**15 - 1
-IDX8_MAX = 250        # uint8 indices keep headroom: ternary looks up to 4 codes past a byte's first
+IDX8_MAX = 250        # a uint8 index keeps headroom: ternary's loop steps 5 past a byte's first weight
 
 
 @dataclass(frozen=True)
 class PdkLayout:
-    acc_bits: int            # 16 or 32: bmp_acc_t
-    idx_bits: int            # 8 or 16: bmp_idx_t
-    buf_bytes: int           # bmp_buf
-    logits_off: int          # byte offset of the logits in bmp_buf
-    row_bytes: tuple[int, ...]
-    out_offs: tuple[int, ...]
-    weight_bytes: int        # const weight bytes (one ROM word each)
-    shift_bytes: int
+    acc_bits: int                 # 16 or 32: bmp_acc_t
+    idx_bits: int                 # 8 or 16: bmp_idx_t
+    acc_n: int                    # bmp_acc entries: the largest layer output
+    act_n: int                    # bmp_act bytes: the largest hidden layer output
+    row_bytes: tuple[int, ...]    # per layer
+    weight_bytes: int             # const weight bytes (one ROM word each)
+    shift_bytes: int              # const per-output shift bytes (per_tensor layers store none)
 
 
 def row_bytes(n_in: int, fmt: str) -> int:
@@ -40,7 +40,9 @@ def row_bytes(n_in: int, fmt: str) -> int:
 
 
 def check(model: PackedModel) -> None:
-    """Raise ValueError unless the SDCC engine runs this model (FC, byte-packed multiplier-free formats)."""
+    """Raise ValueError unless the model is sound and the SDCC engine runs it (FC, byte-packed
+    multiplier-free formats)."""
+    model.check()
     if model.kind != "fc":
         raise ValueError(f"padauk engine: runs fully connected models; got kind {model.kind!r}")
     bad = sorted({lay.format for lay in model.layers} - set(FORMATS_PDK))
@@ -50,17 +52,14 @@ def check(model: PackedModel) -> None:
 
 def pdk_layout(model: PackedModel) -> PdkLayout:
     check(model)
-    bound = max(layer_bound(lay.n_in, lay.format, int(np.asarray(lay.out_shifts).max())) for lay in model.layers)
-    acc_bits = 16 if bound <= INT16_MAX else 32
-    a = acc_bits // 8
-    offs = tuple(0 if i == 0 else int(lay.n_in) for i, lay in enumerate(model.layers))
-    buf = max(off + int(lay.n_out) * a for off, lay in zip(offs, model.layers))
-    rbs = tuple(row_bytes(lay.n_in, lay.format) for lay in model.layers)
-    big = max([buf, *rbs, *(int(v) for lay in model.layers for v in (lay.n_in, lay.n_out))])
-    return PdkLayout(acc_bits=acc_bits, idx_bits=8 if big <= IDX8_MAX else 16, buf_bytes=buf,
-                     logits_off=offs[-1], row_bytes=rbs, out_offs=offs,
-                     weight_bytes=sum(rb * int(lay.n_out) for rb, lay in zip(rbs, model.layers)),
-                     shift_bytes=sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any()))
+    lays = model.layers
+    bound = max(layer_bound(lay.n_in, lay.format, int(lay.out_shifts.max())) for lay in lays)
+    rbs = tuple(row_bytes(lay.n_in, lay.format) for lay in lays)
+    big = max(max(lay.n_in, lay.n_out) for lay in lays)
+    return PdkLayout(acc_bits=16 if bound <= INT16_MAX else 32, idx_bits=8 if big <= IDX8_MAX else 16,
+                     acc_n=max(lay.n_out for lay in lays), act_n=max([1, *(lay.n_out for lay in lays[:-1])]),
+                     row_bytes=rbs, weight_bytes=sum(rb * lay.n_out for rb, lay in zip(rbs, lays)),
+                     shift_bytes=sum(lay.n_out for lay in lays if lay.out_shifts.any()))
 
 
 def row_data(words: np.ndarray, n_out: int, rb: int) -> np.ndarray:
@@ -76,36 +75,35 @@ def _bytes(name: str, data: np.ndarray, per_line: int = 16) -> str:
 
 
 def render(model: PackedModel, images: np.ndarray) -> str:
-    """bm_pdk_model.h: sizes, types, weights, shifts, the layer table and the images (uint8 [B, N, N])."""
+    """bm_pdk_model.h: types, sizes, weights, shifts, the layer sequence and the images (uint8 [B, N, N])."""
     lay_ = pdk_layout(model)
     n = model.image_size
     px = np.asarray(images)
     if px.dtype != np.uint8 or px.ndim != 3 or px.shape[1:] != (n, n) or len(px) < 1:
         raise ValueError(f"padauk header: images must be uint8 [B >= 1, {n}, {n}]; got {px.dtype} {px.shape}")
+    used = {lay.format for lay in model.layers}
     out = ["/* generated by mcu/padauk/header.py: do not edit */", "#ifndef BM_PDK_MODEL_H",
            "#define BM_PDK_MODEL_H", "#include <stdint.h>",
-           f"typedef int{lay_.acc_bits}_t bmp_acc_t;       /* every layer's CONTRACT §3 bound fits */",
+           f"typedef int{lay_.acc_bits}_t bmp_acc_t;          /* every layer's CONTRACT §3 bound fits */",
            f"typedef uint{lay_.acc_bits}_t bmp_uacc_t;",
            f"typedef uint{lay_.idx_bits}_t bmp_idx_t;",
            '#include "bm_pdk.h"',
            f"#define BMP_N_PIXELS {n * n}", f"#define BMP_INPUT_ZERO {model.input_zero}",
-           f"#define BMP_NUM_CLASSES {model.num_classes}", f"#define BMP_N_LAYERS {len(model.layers)}",
-           f"#define BMP_N_IMAGES {len(px)}", f"#define BMP_BUF_BYTES {lay_.buf_bytes}",
-           f"#define BMP_LOGITS_OFF {lay_.logits_off}"]
-    used = {lay.format for lay in model.layers}
-    out += [f"#define BMP_USES_{f.upper()} {int(f in used)}" for f in FORMATS_PDK]
-    rows = []
-    for i, (lay, rb, off) in enumerate(zip(model.layers, lay_.row_bytes, lay_.out_offs)):
+           f"#define BMP_N_IMAGES {len(px)}", f"#define BMP_ACC_N {lay_.acc_n}", f"#define BMP_ACT_N {lay_.act_n}",
+           f"#define BMP_ANY_SHIFTS {int(lay_.shift_bytes > 0)}",
+           *(f"#define BMP_USES_{f.upper()} {int(f in used)}" for f in FORMATS_PDK)]
+    seq = []
+    last = len(model.layers) - 1
+    for i, (lay, rb) in enumerate(zip(model.layers, lay_.row_bytes)):
         out.append(f"/* {lay.name}: {lay.format}, {lay.n_in} -> {lay.n_out}, {rb} bytes a row */")
         out.append(_bytes(f"bmp_w{i}", row_data(lay.words, lay.n_out, rb)))
         shifts = "0"
-        if np.asarray(lay.out_shifts).any():
-            out.append(_bytes(f"bmp_k{i}", np.asarray(lay.out_shifts, dtype=np.uint8)))
+        if lay.out_shifts.any():
+            out.append(_bytes(f"bmp_k{i}", lay.out_shifts.astype(np.uint8)))
             shifts = f"bmp_k{i}"
-        rows.append(f"    {{bmp_w{i}, {shifts}, {lay.n_in}, {lay.n_out}, {rb}, {off}, "
-                    f"BMP_FMT_{lay.format.upper()}, {int(i == len(model.layers) - 1)}}},")
-    out += ["static const bmp_layer bmp_layers[BMP_N_LAYERS] = {", *rows, "};"]
-    out.append(f"static const uint8_t bmp_images[BMP_N_IMAGES][BMP_N_PIXELS] = {{")
-    out += ["    {" + ", ".join(str(int(v)) for v in img.reshape(-1)) + "}," for img in px]
-    out += ["};", "#endif", ""]
+        seq.append(f"    BMP_LAYER(bmp_w{i}, {shifts}, {lay.n_in}, {lay.n_out}, BMP_FMT_{lay.format.upper()}, "
+                   f"{int(i == last)})")
+    out += ["#define BMP_LAYERS \\", " \\\n".join(seq)]
+    out.append(_bytes("bmp_images", px.reshape(-1)))
+    out += ["#endif", ""]
     return "\n".join(out)

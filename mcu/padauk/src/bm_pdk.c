@@ -1,37 +1,49 @@
-/* bitmcu SDCC engine for Padauk pdk13/pdk14: see bm_pdk.h. C99 for SDCC 4.2 (-mpdk13, -mpdk14). */
+/* bitmcu SDCC engine for Padauk pdk13/pdk14: see bm_pdk.h. C99 for SDCC 4.2 (-mpdk13, -mpdk14).
+ *
+ * SDCC keeps the locals of a function that calls another in static RAM for good, and overlays only the
+ * locals of leaf functions; so the state of the running layer lives in a few globals and the work per
+ * output row is one leaf, bmp_dot. Indexing by a variable times a constant would call SDCC's multiply
+ * routine: ROM is walked with pointers instead.
+ */
 #include "bm_pdk_model.h"
 
-int8_t bmp_buf[BMP_BUF_BYTES];     /* activations, accumulators, logits at BMP_LOGITS_OFF */
-volatile uint8_t bmp_class;        /* argmax of the logits of the image just run */
-volatile uint8_t bmp_image;        /* index of that image */
+bmp_acc_t bmp_acc[BMP_ACC_N];      /* a layer's accumulators, the logits after the last one */
+int8_t bmp_act[BMP_ACT_N];         /* a hidden layer's requantized outputs (CONTRACT §4) */
+volatile uint8_t bmp_class;
+volatile uint8_t bmp_image;
 
-/* The state of the running layer, as globals: SDCC keeps a non-leaf function's locals in static RAM
-   for good, so the work is one leaf (bmp_dot, whose locals the linker overlays) fed through these. */
-static const uint8_t *bmp_pixels;  /* the image of this run (ROM) */
-static const uint8_t *bmp_w;       /* the next weight row (ROM) */
+static const uint8_t *bmp_px;      /* the image being run (ROM) */
+static const uint8_t *bmp_w;       /* the next weight byte (ROM) */
+static const uint8_t *bmp_k;       /* the layer's per-output shifts k[o] (ROM), or 0: all zero */
 static bmp_idx_t bmp_n_in;
-static uint8_t bmp_fmt;
-static uint8_t bmp_first;          /* 1: the layer reads the image (CONTRACT §1), 0: int8 bmp_buf[0..n_in) */
+static bmp_idx_t bmp_n_out;
+static uint8_t bmp_fmt;            /* BMP_FMT_* */
+static uint8_t bmp_first;          /* 1: the layer reads the image, 0: bmp_act */
+static uint8_t bmp_last;           /* 1: the final layer (logits, no ReLU or requant) */
+static bmp_idx_t bmp_o;            /* the output row being computed */
+static bmp_uacc_t bmp_max;         /* the largest shifted ReLU output of the hidden layer so far */
 
-/* Input value i of the layer: x0 = (p >> 1) - Z on the image (CONTRACT §1), else the int8 activation. */
-#define BMP_IN(i) (bmp_first ? (int8_t)((int16_t)(bmp_pixels[i] >> 1) - BMP_INPUT_ZERO) : bmp_buf[i])
+/* Input i of the layer: x0 = (p >> 1) - Z on the image (CONTRACT §1), else the int8 activation. */
+#define BMP_IN(i) (bmp_first ? (int8_t)((bmp_px[i] >> 1) - BMP_INPUT_ZERO) : bmp_act[i])
 
-/* sum_i x[i] * w[i] over the row at bmp_w, with adds only (CONTRACT §3 bound: exact in bmp_acc_t);
-   leaves bmp_w at the end of the row's bytes. */
-static bmp_acc_t bmp_dot(void)
+/* Output row bmp_o of the layer: sum_i x[i] * w[i] over the row at bmp_w with adds and subtracts only
+   (exact: the CONTRACT §3 bound fits bmp_acc_t), then the shift k[o] (§3) into bmp_acc, and for a hidden
+   layer the ReLU and the running maximum bmp_max; leaves bmp_w at the next row. */
+static void bmp_row(void)
 {
-    const uint8_t *w = bmp_w;
     bmp_acc_t acc = 0, t;
+    bmp_uacc_t v;
     bmp_idx_t i;
     uint8_t byte = 0, left = 0, f;
     for (i = 0; i < bmp_n_in; i++) {
 #if BMP_USES_TERNARY
         if (bmp_fmt == BMP_FMT_TERNARY) {
-            /* a byte holds 5 trits, earliest weight least significant; the sum's order does not matter,
-               so take the digits from the top (no divide): digit d of weight i + 4 - k, 0/1/2 = 0/+1/-1 */
-            uint8_t k, p = 81, v = *w++;
+            /* 5 trits a byte, the earliest weight the least significant digit (CONTRACT §9): the sum's
+               order does not matter, so peel the digits from the top by subtraction (no divide), digit
+               d = 0/1/2 meaning weight 0/+1/-1 of input i + 4 - (the digits peeled before it) */
+            uint8_t p = 81, v = *bmp_w++;
             bmp_idx_t j = i + 4;
-            for (k = 0; k < 5; k++) {
+            for (;;) {
                 f = 0;
                 if (v >= (uint8_t)(p + p)) {
                     f = 2;
@@ -40,45 +52,43 @@ static bmp_acc_t bmp_dot(void)
                     f = 1;
                     v -= p;
                 }
-                if (f && j < bmp_n_in) {
+                if (f) {                   /* padding trits are 0, so j < n_in here */
                     t = BMP_IN(j);
                     if (f == 1)
                         acc += t;
                     else
                         acc -= t;
                 }
-                j--;
+                if (p == 1)
+                    break;
                 p = p == 81 ? 27 : p == 27 ? 9 : p == 9 ? 3 : 1;
+                j--;
             }
             i += 4;
             continue;
         }
 #endif
+#if BMP_USES_BINARY || BMP_USES_BINARYBALANCED || BMP_USES_2BITSYM || BMP_USES_4BITSYM
         t = BMP_IN(i);
+        if (!left) {
+            byte = *bmp_w++;
+            left = bmp_fmt <= BMP_FMT_BINARYBALANCED ? 8 : bmp_fmt == BMP_FMT_2BITSYM ? 4 : 2;
+        }
+        f = byte;
+        left--;
 #if BMP_USES_BINARY || BMP_USES_BINARYBALANCED
         if (bmp_fmt <= BMP_FMT_BINARYBALANCED) {
-            if (!left) {
-                byte = *w++;
-                left = 8;
-            }
-            if (byte & 1)
+            byte >>= 1;                    /* 1 -> +1, 0 -> -1 */
+            if (f & 1)
                 acc += t;
             else
                 acc -= t;
-            byte >>= 1;
-            left--;
             continue;
         }
 #endif
 #if BMP_USES_2BITSYM
         if (bmp_fmt == BMP_FMT_2BITSYM) {
-            if (!left) {
-                byte = *w++;
-                left = 4;
-            }
-            f = byte;                      /* bit1 = sign, bit0 = m: value +-(2m + 1) */
-            byte >>= 2;
-            left--;
+            byte >>= 2;                    /* bit1 = sign, bit0 = m: +-(2m + 1) */
             if (f & 1)
                 t = t + t + t;
             if (f & 2)
@@ -89,15 +99,9 @@ static bmp_acc_t bmp_dot(void)
         }
 #endif
 #if BMP_USES_4BITSYM
-        if (bmp_fmt == BMP_FMT_4BITSYM) {
+        {
             bmp_acc_t u = t;
-            if (!left) {
-                byte = *w++;
-                left = 2;
-            }
-            f = byte;                      /* bit3 = sign, bits 0..2 = m: value +-(2m + 1) */
-            byte >>= 4;
-            left--;
+            byte >>= 4;                    /* bit3 = sign, bits 0..2 = m: +-(2m + 1) = t + 2t m0 + 4t m1 + 8t m2 */
             u = u + u;
             if (f & 1)
                 t += u;
@@ -111,67 +115,76 @@ static bmp_acc_t bmp_dot(void)
                 acc -= t;
             else
                 acc += t;
-            continue;
         }
 #endif
+#endif
     }
-    bmp_w = w;
-    return acc;
+#if BMP_ANY_SHIFTS
+    if (bmp_k)
+        f = bmp_k[bmp_o];
+    else
+#endif
+        f = 0;
+    if (bmp_last)                          /* sign-magnitude left shift (CONTRACT §3) */
+        bmp_acc[bmp_o] = acc >= 0 ? (bmp_acc_t)((bmp_uacc_t)acc << f) : -(bmp_acc_t)((bmp_uacc_t)-acc << f);
+    else {
+        v = acc > 0 ? (bmp_uacc_t)acc << f : 0;          /* ReLU, then << k */
+        bmp_acc[bmp_o] = (bmp_acc_t)v;
+        if (v > bmp_max)
+            bmp_max = v;
+    }
 }
 
-/* Classify one image: logits at bmp_buf + BMP_LOGITS_OFF, the class (ties: lowest index) in bmp_class. */
-static void bmp_run(void)
+/* The last layer's class: argmax of the logits, ties to the lowest index (CONTRACT §5). */
+static void bmp_argmax(void)
 {
-    static const bmp_layer *lay;
-    static bmp_uacc_t *y, max, v;
-    static bmp_acc_t acc;
-    static bmp_idx_t o;
-    static uint8_t l, k, s;
-    bmp_first = 1;
-    for (l = 0; l < BMP_N_LAYERS; l++) {
-        lay = &bmp_layers[l];
-        bmp_w = lay->weights;
-        bmp_n_in = lay->n_in;
-        bmp_fmt = lay->format;
-        y = (bmp_uacc_t *)(bmp_buf + lay->out_off);
-        max = 0;
-        k = 0;
-        for (o = 0; o < lay->n_out; o++) {
-            acc = bmp_dot();
-            if (lay->shifts)
-                k = lay->shifts[o];
-            if (lay->last)                 /* sign-magnitude left shift (CONTRACT §3) */
-                ((bmp_acc_t *)y)[o] = acc >= 0 ? (bmp_acc_t)((bmp_uacc_t)acc << k)
-                                               : -(bmp_acc_t)((bmp_uacc_t)-acc << k);
-            else {
-                v = acc > 0 ? (bmp_uacc_t)acc << k : 0;   /* ReLU, then << k */
-                y[o] = v;
-                if (v > max)
-                    max = v;
-            }
-        }
-        if (lay->last)
-            break;
-        /* ShiftNorm (CONTRACT §4) to int8 at bmp_buf[0..n_out), in place, ascending */
-        s = 0;
-        while ((max >> s) > 127)
-            s++;
-        max = s ? (bmp_uacc_t)1 << (s - 1) : 0;          /* (1 << s) >> 1 */
-        for (o = 0; o < lay->n_out; o++) {
-            v = (bmp_uacc_t)(y[o] + max) >> s;
-            bmp_buf[o] = (int8_t)(v > 127 ? 127 : v);
-        }
-        bmp_first = 0;
-    }
-    y = (bmp_uacc_t *)(bmp_buf + BMP_LOGITS_OFF);
-    k = 0;
-    for (l = 1; l < BMP_NUM_CLASSES; l++)
-        if (((bmp_acc_t *)y)[l] > ((bmp_acc_t *)y)[k])
-            k = l;
+    bmp_idx_t o;
+    uint8_t k = 0;
+    for (o = 1; o < bmp_n_out; o++)
+        if (bmp_acc[o] > bmp_acc[k])
+            k = o;
     bmp_class = k;
 }
 
-/* The simulator stops here after each image (a breakpoint on its address) and reads bmp_buf. */
+/* A hidden layer's ShiftNorm (CONTRACT §4): bmp_acc (M = bmp_max) to int8 in bmp_act. */
+static void bmp_requant(void)
+{
+    bmp_idx_t o;
+    bmp_uacc_t v, half;
+    uint8_t s = 0;
+    while ((bmp_max >> s) > 127)          /* the smallest s with (M >> s) <= 127 */
+        s++;
+    half = (bmp_uacc_t)(((bmp_uacc_t)1 << s) >> 1);
+    for (o = 0; o < bmp_n_out; o++) {
+        v = (bmp_uacc_t)((bmp_uacc_t)bmp_acc[o] + half) >> s;
+        bmp_act[o] = (int8_t)(v > 127 ? 127 : v);
+    }
+    bmp_first = 0;
+}
+
+/* One layer (bmp_w, bmp_k, bmp_n_in, bmp_n_out, bmp_fmt, bmp_last): every call below is to a leaf. */
+static void bmp_layer(void)
+{
+    bmp_max = 0;
+    for (bmp_o = 0; bmp_o < bmp_n_out; bmp_o++)
+        bmp_row();
+    if (bmp_last)
+        bmp_argmax();
+    else
+        bmp_requant();
+}
+
+#define BMP_LAYER(w, k, n_in, n_out, fmt, last) \
+    bmp_w = (w); bmp_k = (k); bmp_n_in = (n_in); bmp_n_out = (n_out); bmp_fmt = (fmt); bmp_last = (last); \
+    bmp_layer();
+
+static void bmp_run(void)
+{
+    bmp_first = 1;
+    BMP_LAYERS
+}
+
+/* The simulator stops here after each image (a breakpoint on its address) and reads the RAM. */
 void bmp_done(void)
 {
     __asm
@@ -181,10 +194,11 @@ void bmp_done(void)
 
 void main(void)
 {
+    bmp_px = bmp_images;
     for (bmp_image = 0; bmp_image < BMP_N_IMAGES; bmp_image++) {
-        bmp_pixels = bmp_images[bmp_image];
         bmp_run();
         bmp_done();
+        bmp_px += BMP_N_PIXELS;
     }
     for (;;)
         ;

@@ -1,16 +1,15 @@
 /* bitmcu SDCC engine for the Padauk pdk13/pdk14 cores: fully connected models (engine/CONTRACT.md §1, §3-§5).
  *
- * The generated model header (mcu/padauk/header.py) defines the sizes, the accumulator type bmp_acc_t
- * (int16_t where every layer's CONTRACT §3 bound fits, else int32_t) with its unsigned twin bmp_uacc_t,
- * the index type bmp_idx_t, BMP_USES_<FORMAT> for the formats present, the weights as const bytes in ROM
- * (each row the little-endian bytes of its packed words, trailing padding bytes dropped) and bmp_layers.
+ * The generated model header (mcu/padauk/header.py) defines, before it includes this file, the accumulator
+ * type bmp_acc_t (int16_t where every layer's CONTRACT §3 bound fits, else int32_t) with its unsigned twin
+ * bmp_uacc_t, the index type bmp_idx_t, the sizes BMP_*, BMP_USES_<FORMAT> for the formats present, the
+ * weights as const bytes (ROM: each row the little-endian bytes of its packed words, trailing padding
+ * bytes dropped), the images, and BMP_LAYERS: one BMP_LAYER(weights, shifts, n_in, n_out, format, last)
+ * per layer, which bm_pdk.c expands into straight-line code (no layer table to index: no multiply).
  *
- * RAM: bmp_buf only. A layer reads its int8 input at offset 0 (the first layer reads the uint8 image in
- * ROM and maps it on the fly, CONTRACT §1) and writes its bmp_acc_t outputs at offset `out_off` (its
- * input's size, 0 for the first layer); a hidden layer then requantizes them to int8 at offset 0, in
- * place, in ascending order (output i is written after value i is read and at or before its first
- * byte). The last layer's logits stay at out_off = BMP_LOGITS_OFF. No multiply, no divide, no heap.
- * The model header defines bmp_idx_t, bmp_acc_t and bmp_uacc_t before it includes this file.
+ * RAM: bmp_acc (a layer's accumulators; the logits at the end) and bmp_act (a hidden layer's int8
+ * outputs, the next layer's input); the first layer reads the uint8 image in ROM and maps it on the fly
+ * (CONTRACT §1). No multiply, no divide, no heap.
  */
 #ifndef BM_PDK_H
 #define BM_PDK_H
@@ -23,14 +22,8 @@
 #define BMP_FMT_2BITSYM 3
 #define BMP_FMT_4BITSYM 4
 
-typedef struct bmp_layer {
-    const uint8_t *weights;        /* n_out rows of row_bytes */
-    const uint8_t *shifts;         /* per-output left shifts k[o], or 0 (per_tensor) */
-    bmp_idx_t n_in, n_out;
-    bmp_idx_t row_bytes;
-    bmp_idx_t out_off;             /* byte offset of the outputs in bmp_buf */
-    uint8_t format;                /* BMP_FMT_* */
-    uint8_t last;                  /* 1: the final layer (logits, no requant) */
-} bmp_layer;
+extern bmp_acc_t bmp_acc[];        /* the logits of the image just run, after bmp_done */
+extern volatile uint8_t bmp_class; /* their argmax (ties: the lowest index) */
+extern volatile uint8_t bmp_image; /* index of that image */
 
 #endif
