@@ -26,8 +26,8 @@ from mcu.padauk.header import PdkLayout, pdk_layout, render
 
 SRC = Path(__file__).resolve().parent / "src"
 PAINT = 0xA5                  # the RAM fill before the reset: bytes still holding it were never written
-# main -> bmp_run -> bmp_layer -> bmp_row -> __gptrget, a 2-byte return address each (startup calls main):
-# the stack the gate reserves before a run measures it
+# startup -> main -> bmp_layer -> bmp_row -> __gptrget, a 2-byte return address each: the stack the gate
+# reserves before a run measures it
 STACK_RESERVE = 10
 ROM_AREAS = ("HOME", "GSINIT", "GSFINAL", "CODE", "CONST")    # relocated program-memory areas of SDCC's pdk port
 SIM_TIMEOUT_S = 120
@@ -171,6 +171,8 @@ def run(b: Build, num_classes: int = 10) -> Result:
     except subprocess.TimeoutExpired as e:
         raise PadaukError(f"padauk {b.target}: spdk ran past {SIM_TIMEOUT_S} s") from e
     stops = re.findall(r"^Stop at 0x([0-9a-f]+): \((\d+)\) (.*)$", res.stdout, re.M)
+    if any(why.startswith("Stack overflow") for _, _, why in stops):
+        b.check(stack=ram - b.static_ram() + 1)     # the stack ran past the RAM: the size error, with its table
     ticks = [int(t) for t in re.findall(r"^Simulated (\d+) ticks", res.stdout, re.M)]
     want = [word("_main")] + [word("_bmp_done")] * b.n_images
     if [int(a, 16) for a, _, _ in stops] != want or len(ticks) != len(want):

@@ -10,29 +10,37 @@
 bmp_acc_t bmp_acc[BMP_ACC_N];      /* a layer's accumulators, the logits after the last one */
 int8_t bmp_act[BMP_ACT_N];         /* a hidden layer's requantized outputs (CONTRACT §4) */
 volatile uint8_t bmp_class;
-volatile uint8_t bmp_image;
 
 static const uint8_t *bmp_px;      /* the image being run (ROM) */
 static const uint8_t *bmp_w;       /* the next weight byte (ROM) */
+#if BMP_ANY_SHIFTS
 static const uint8_t *bmp_k;       /* the layer's per-output shifts k[o] (ROM), or 0: all zero */
+#define BMP_SET_K(k) bmp_k = (k);
+#else
+#define BMP_SET_K(k)
+#endif
 static bmp_idx_t bmp_n_in;
 static bmp_idx_t bmp_n_out;
+#if BMP_ONE_FORMAT >= 0            /* a model of one format: a constant, so the other tests fold away */
+#define bmp_fmt BMP_ONE_FORMAT
+#define BMP_SET_FMT(fmt)
+#else
 static uint8_t bmp_fmt;            /* BMP_FMT_* */
+#define BMP_SET_FMT(fmt) bmp_fmt = (fmt);
+#endif
 static uint8_t bmp_first;          /* 1: the layer reads the image, 0: bmp_act */
 static uint8_t bmp_last;           /* 1: the final layer (logits, no ReLU or requant) */
 static bmp_idx_t bmp_o;            /* the output row being computed */
-static bmp_uacc_t bmp_max;         /* the largest shifted ReLU output of the hidden layer so far */
 
 /* Input i of the layer: x0 = (p >> 1) - Z on the image (CONTRACT §1), else the int8 activation. */
 #define BMP_IN(i) (bmp_first ? (int8_t)((bmp_px[i] >> 1) - BMP_INPUT_ZERO) : bmp_act[i])
 
 /* Output row bmp_o of the layer: sum_i x[i] * w[i] over the row at bmp_w with adds and subtracts only
-   (exact: the CONTRACT §3 bound fits bmp_acc_t), then the shift k[o] (§3) into bmp_acc, and for a hidden
-   layer the ReLU and the running maximum bmp_max; leaves bmp_w at the next row. */
+   (exact: the CONTRACT §3 bound fits bmp_acc_t), then for a hidden layer the ReLU, and the shift k[o]
+   (§3) into bmp_acc; leaves bmp_w at the next row. */
 static void bmp_row(void)
 {
     bmp_acc_t acc = 0, t;
-    bmp_uacc_t v;
     bmp_idx_t i;
     uint8_t byte = 0, left = 0, f;
     for (i = 0; i < bmp_n_in; i++) {
@@ -119,20 +127,15 @@ static void bmp_row(void)
 #endif
 #endif
     }
+    if (!bmp_last && acc < 0)             /* ReLU, before the shift */
+        acc = 0;
 #if BMP_ANY_SHIFTS
-    if (bmp_k)
-        f = bmp_k[bmp_o];
-    else
+    f = bmp_k ? bmp_k[bmp_o] : 0;
+    /* sign-magnitude left shift (CONTRACT §3); the bound keeps the result in bmp_acc_t */
+    bmp_acc[bmp_o] = acc >= 0 ? (bmp_acc_t)((bmp_uacc_t)acc << f) : -(bmp_acc_t)((bmp_uacc_t)-acc << f);
+#else
+    bmp_acc[bmp_o] = acc;
 #endif
-        f = 0;
-    if (bmp_last)                          /* sign-magnitude left shift (CONTRACT §3) */
-        bmp_acc[bmp_o] = acc >= 0 ? (bmp_acc_t)((bmp_uacc_t)acc << f) : -(bmp_acc_t)((bmp_uacc_t)-acc << f);
-    else {
-        v = acc > 0 ? (bmp_uacc_t)acc << f : 0;          /* ReLU, then << k */
-        bmp_acc[bmp_o] = (bmp_acc_t)v;
-        if (v > bmp_max)
-            bmp_max = v;
-    }
 }
 
 /* The last layer's class: argmax of the logits, ties to the lowest index (CONTRACT §5). */
@@ -146,17 +149,24 @@ static void bmp_argmax(void)
     bmp_class = k;
 }
 
-/* A hidden layer's ShiftNorm (CONTRACT §4): bmp_acc (M = bmp_max) to int8 in bmp_act. */
+/* A hidden layer's ShiftNorm (CONTRACT §4): bmp_acc (non-negative) to int8 in bmp_act. Shifts by one bit
+   at a time: SDCC spills a variable 16-bit shift into many bytes of RAM. */
 static void bmp_requant(void)
 {
     bmp_idx_t o;
-    bmp_uacc_t v, half;
-    uint8_t s = 0;
-    while ((bmp_max >> s) > 127)          /* the smallest s with (M >> s) <= 127 */
+    bmp_uacc_t v = 0, half = 0;
+    uint8_t s = 0, k;
+    for (o = 0; o < bmp_n_out; o++)        /* M */
+        if ((bmp_uacc_t)bmp_acc[o] > v)
+            v = (bmp_uacc_t)bmp_acc[o];
+    for (; v > 127; v >>= 1) {             /* s: the smallest with (M >> s) <= 127; half = (1 << s) >> 1 */
+        half = half ? half + half : 1;
         s++;
-    half = (bmp_uacc_t)(((bmp_uacc_t)1 << s) >> 1);
+    }
     for (o = 0; o < bmp_n_out; o++) {
-        v = (bmp_uacc_t)((bmp_uacc_t)bmp_acc[o] + half) >> s;
+        v = (bmp_uacc_t)bmp_acc[o] + half;
+        for (k = s; k; k--)
+            v >>= 1;
         bmp_act[o] = (int8_t)(v > 127 ? 127 : v);
     }
     bmp_first = 0;
@@ -165,7 +175,6 @@ static void bmp_requant(void)
 /* One layer (bmp_w, bmp_k, bmp_n_in, bmp_n_out, bmp_fmt, bmp_last): every call below is to a leaf. */
 static void bmp_layer(void)
 {
-    bmp_max = 0;
     for (bmp_o = 0; bmp_o < bmp_n_out; bmp_o++)
         bmp_row();
     if (bmp_last)
@@ -175,14 +184,8 @@ static void bmp_layer(void)
 }
 
 #define BMP_LAYER(w, k, n_in, n_out, fmt, last) \
-    bmp_w = (w); bmp_k = (k); bmp_n_in = (n_in); bmp_n_out = (n_out); bmp_fmt = (fmt); bmp_last = (last); \
+    bmp_w = (w); BMP_SET_K(k) bmp_n_in = (n_in); bmp_n_out = (n_out); BMP_SET_FMT(fmt) bmp_last = (last); \
     bmp_layer();
-
-static void bmp_run(void)
-{
-    bmp_first = 1;
-    BMP_LAYERS
-}
 
 /* The simulator stops here after each image (a breakpoint on its address) and reads the RAM. */
 void bmp_done(void)
@@ -192,13 +195,14 @@ void bmp_done(void)
     __endasm;
 }
 
+/* Every image in turn; the layers are expanded here, not in a function of their own, to keep a return
+   address off the stack. */
 void main(void)
 {
-    bmp_px = bmp_images;
-    for (bmp_image = 0; bmp_image < BMP_N_IMAGES; bmp_image++) {
-        bmp_run();
+    for (bmp_px = bmp_images; bmp_px != bmp_images + BMP_N_IMAGES * BMP_N_PIXELS; bmp_px += BMP_N_PIXELS) {
+        bmp_first = 1;
+        BMP_LAYERS
         bmp_done();
-        bmp_px += BMP_N_PIXELS;
     }
     for (;;)
         ;

@@ -24,6 +24,5 @@
 
 extern bmp_acc_t bmp_acc[];        /* the logits of the image just run, after bmp_done */
 extern volatile uint8_t bmp_class; /* their argmax (ties: the lowest index) */
-extern volatile uint8_t bmp_image; /* index of that image */
 
 #endif
