@@ -7,6 +7,7 @@ builds ucsim's pdk target into the cache folder (`spdk_home()`, default ~/.cache
 root and apt; elsewhere `manual_steps()` says how to do it by hand.
 
     python -m mcu.padauk.tools          # installs sdcc (apt) and builds spdk if missing; prints the paths
+    python -m mcu.padauk.tools --quiet  # the same, silent when both are there (./run pytest calls it)
 """
 from __future__ import annotations
 
@@ -146,13 +147,15 @@ def ensure_spdk() -> Path:
     return find_spdk() or build_spdk()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    quiet = "--quiet" in (sys.argv[1:] if argv is None else argv)
     try:
         sdcc, spdk = ensure_sdcc(), ensure_spdk()
-    except (RuntimeError, subprocess.CalledProcessError) as e:
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         print(f"[spdk] {e}", file=sys.stderr)
         return 1
-    print(f"sdcc: {sdcc}\nspdk: {spdk}")
+    if not quiet:
+        print(f"sdcc: {sdcc}\nspdk: {spdk}")
     return 0
 
 
