@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass, field
+import argparse
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,8 @@ from mcu.padauk.header import PdkLayout, pdk_layout, render
 
 SRC = Path(__file__).resolve().parent / "src"
 PAINT = 0xA5                  # the RAM fill before the reset: bytes still holding it were never written
-# startup -> main -> bmp_layer -> bmp_row -> __gptrget, a 2-byte return address each: the stack the gate
-# reserves before a run measures it
+# startup -> main -> bmp_layer -> bmp_row -> __gptrget, a 2-byte return address each (8 measured), and a
+# spare word: the stack the gate reserves before a run measures it
 STACK_RESERVE = 10
 ROM_AREAS = ("HOME", "GSINIT", "GSFINAL", "CODE", "CONST")    # relocated program-memory areas of SDCC's pdk port
 SIM_TIMEOUT_S = 120
@@ -60,7 +62,7 @@ class Build:
 
     def rom_words(self) -> int:
         """Program words from address 0 to the end of the last program area (bytes in the map, 2 a word)."""
-        return -(-max(a + n for name, (a, n) in self.areas.items() if name in ROM_AREAS) // 2)
+        return _words(max(a + n for name, (a, n) in self.areas.items() if name in ROM_AREAS))
 
     def static_ram(self) -> int:
         """RAM below the stack: SDCC's pseudo register p, DATA and the overlaid leaf locals (OSEG)."""
@@ -68,9 +70,9 @@ class Build:
 
     def size_report(self, stack: int | None = None) -> list[tuple[str, str, int, int]]:
         """Rows (memory, what, used, limit); stack: measured bytes, else STACK_RESERVE."""
-        lay, words = self.layout, lambda b: -(-b // 2)
-        code_w = words(self.areas["CODE"][1])
-        const_w = words(self.areas["CONST"][1])
+        lay = self.layout
+        code_w = _words(self.areas["CODE"][1])
+        const_w = _words(self.areas["CONST"][1])
         model_w = lay.weight_bytes + lay.shift_bytes + self.n_images * self.image_bytes
         rom = [("weights (a byte a word)", lay.weight_bytes), ("per-output shifts", lay.shift_bytes),
                (f"{self.n_images} test images of {self.image_bytes} bytes", self.n_images * self.image_bytes),
@@ -100,6 +102,11 @@ class Build:
                                   + (", or the pfs154" if self.target == "pms150c" else ""))
         if not self.linked:
             raise PadaukError(f"padauk {self.target}: sdcc failed:\n{self.log}")
+
+
+def _words(n_bytes: int) -> int:
+    """Program words of n bytes of a program area (the map counts 2 bytes a word)."""
+    return -(-n_bytes // 2)
 
 
 def format_table(rows: list[tuple[str, str, int, int]]) -> str:
@@ -150,7 +157,7 @@ class Result:
     ticks: np.ndarray                   # int64 [B]: simulator ticks from one image's start to bmp_done
     startup_ticks: int                  # reset to main
     stack_bytes: int                    # the stack's high-water mark over the run
-    ram_used: int = field(default=0)    # static RAM + stack_bytes
+    ram_used: int                       # static RAM + stack_bytes
 
 
 def run(b: Build, num_classes: int = 10) -> Result:
@@ -162,7 +169,10 @@ def run(b: Build, num_classes: int = 10) -> Result:
     if not b.linked:
         raise PadaukError(f"padauk {b.target}: the build did not link; nothing to run:\n{b.log}")
     ram, top = b.chip.ram, b.chip.ram - 1
-    word = lambda sym: b.symbols[sym] // 2            # code addresses: map bytes -> simulator words
+
+    def word(sym: str) -> int:                        # code addresses: map bytes -> simulator words
+        return b.symbols[sym] // 2
+
     cmds = [f"fill ram 0 {top} {PAINT}", f"break {word('_main')}", f"break {word('_bmp_done')}", "run"]
     cmds += ["run", f"dump /h ram 0 {top} 16"] * b.n_images + ["quit"]
     argv = [str(spdk), "-t", b.chip.isa, *(x for c in cmds for x in ("-e", c)), str(b.ihx)]
@@ -205,3 +215,36 @@ def _dumps(text: str, ram: int) -> list[list[int]]:
         if len(cur) == ram:
             out.append(cur)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build a model.json for a Padauk part, run random images in spdk and compare with the host C engine."""
+    from contract.model import load
+    from engine.build import build_library, load_library, run_c
+    from engine.header import render_header
+
+    ap = argparse.ArgumentParser(prog="python -m mcu.padauk.sim", description=main.__doc__)
+    ap.add_argument("model", type=Path, help="an exported model.json (FC, binary/ternary/2bitsym/4bitsym)")
+    ap.add_argument("--target", choices=PADAUK_NAMES, default=PADAUK_NAMES[0])
+    ap.add_argument("--images", type=int, default=3, help="random 8x8 test images embedded")
+    ap.add_argument("--out", type=Path, default=Path("build/padauk"))
+    args = ap.parse_args(argv)
+    try:
+        model = load(args.model)
+        px = np.random.default_rng(0).integers(0, 256, (args.images, model.image_size, model.image_size),
+                                               dtype=np.uint8)
+        b = build(model, px, args.target, args.out / args.target)
+        r = run(b, model.num_classes)
+    except (PadaukError, ValueError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    c = run_c(load_library(build_library(render_header(model), args.out / "host")), px, trace=False)
+    same = bool((c["logits"] == r.logits).all() and (c["preds"] == r.preds).all())
+    print(format_table(b.size_report(r.stack_bytes)))
+    print(f"{args.target}: ticks per image {r.ticks.tolist()} (startup {r.startup_ticks}), classes {r.preds.tolist()}, "
+          f"logits and classes {'equal to' if same else 'DIFFER from'} the host C engine's")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
