@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from elftools.elf.elffile import ELFFile
 
-from contract.chips import CHIPS
+from contract.chips import CHIPS, RISCV_NAMES
 from contract.layout import layout
 from contract.model import PackedModel
 from engine.header import format_masks, render_header
@@ -64,6 +64,10 @@ class Firmware:
     where: str = "config"                    # the config it came from, for messages
 
     def __post_init__(self) -> None:
+        if self.target in CHIPS and CHIPS[self.target].family != "riscv":
+            raise FirmwareError(f"{self.where}: mcu.target {self.target} is a {CHIPS[self.target].family} part; "
+                                f"the firmware stage builds for the RISC-V chips {', '.join(RISCV_NAMES)} "
+                                "(Padauk parts build and run with mcu.padauk.sim)")
         if self.target not in CHIPS or self.mode not in SOURCES or self.kernels not in ("sram", "flash"):
             raise FirmwareError(f"{self.where}: unknown firmware target/mode/kernels "
                                 f"{self.target}/{self.mode}/{self.kernels}")
@@ -183,7 +187,7 @@ def _bigger(target: str, memory: str) -> str:
     """', or mcu.target: <chips with more of that memory>' ('' when none has more)."""
     have = getattr(CHIPS[target], memory)
     more = [f"{c.name} ({getattr(c, memory) // 1024} KiB {memory.replace('ram', 'SRAM')})"
-            for c in CHIPS.values() if getattr(c, memory) > have]
+            for c in (CHIPS[n] for n in RISCV_NAMES) if getattr(c, memory) > have]
     return f", or mcu.target: {' or '.join(more)}" if more else ""
 
 

@@ -35,7 +35,7 @@ from unicorn import (
 )
 from unicorn.riscv_const import UC_RISCV_REG_A0, UC_RISCV_REG_PC
 
-from contract.chips import CHIPS, SRAM_BASE
+from contract.chips import CHIPS, RISCV_NAMES, SRAM_BASE
 from mcu import cycles as cm
 
 FLASH_SIZE = cm.FLASH_END               # mapped for every chip; each one's own size is checked
@@ -54,8 +54,9 @@ class EmulatorError(RuntimeError):
 
 class Emulator:
     def __init__(self, elf: str | Path, target: str, profile: bool = False):
-        if target not in CHIPS:
-            raise ValueError(f"target {target!r}: allowed {', '.join(CHIPS)}")
+        if target not in RISCV_NAMES:
+            raise ValueError(f"target {target!r}: the RISC-V emulator runs {', '.join(RISCV_NAMES)}"
+                             + (" (a Padauk part: use mcu.padauk.sim)" if target in CHIPS else ""))
         self.target, self.core, self.ram = target, cm.CORES[target], CHIPS[target].ram
         self.tx = bytearray()
         self.rx: deque[int] = deque()

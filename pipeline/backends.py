@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from contract.chips import CHIP_NAMES, CHIPS
+from contract.chips import CHIPS, RISCV_NAMES
 from contract.errors import UserError
 from mcu import protocol
 from mcu.protocol import Message, Parser
@@ -197,7 +197,7 @@ def emulator_args(path: Path, target: str | None) -> tuple[Path, str]:
             if f.read(4) != b"\x7fELF":
                 raise UserError(f"{path}: not an ELF file; {hint}")
         elf, built_for = path, None
-    chip = CHIPS[target or built_for or CHIP_NAMES[0]]
+    chip = CHIPS[target or built_for or RISCV_NAMES[0]]
     arch = elf_arch(elf)
     has_mul = "_m" in arch or "zmmul" in arch
     if (built_for and target and target != built_for) or (arch and has_mul != chip.multiplier):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from contract.chips import CHIP_NAMES, CHIPS
+from contract.chips import CHIPS, PADAUK_NAMES, RISCV_NAMES
 from contract.errors import UserError
 from contract.formats import FORMAT_NAMES, FORMATS
 from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALINGS, model_problems
@@ -127,9 +127,11 @@ _KEYS: list[Key] = [
         "a BitNetMCU checkpoint (.pth) that the train stage converts instead of training; its content "
         "enters the store key"),
     # deployment
-    Key("mcu.target", "str", CHIP_NAMES[0], "chip: " + ", ".join(
+    Key("mcu.target", "str", RISCV_NAMES[0], "chip: " + ", ".join(
         f"{c.name} ({c.isa}, {'a' if c.multiplier else 'no'} multiplier, {c.flash // 1024} KB flash, "
-        f"{c.ram // 1024} KB RAM)" for c in CHIPS.values()), choices=CHIP_NAMES),
+        f"{c.ram // 1024} KB RAM)" for c in (CHIPS[n] for n in RISCV_NAMES)) + " (the Padauk "
+        f"{' and '.join(PADAUK_NAMES)} run in mcu/padauk's simulator, not yet in the pipeline)",
+        choices=RISCV_NAMES),
     Key("mcu.mode", "str", "demo", "firmware: demo (embedded test images, prints results) or serial "
         "(classifies images sent over USART1, mcu/protocol.py)", choices=("demo", "serial")),
     Key("mcu.demo_images", "int", 0, "test images embedded by the demo firmware; 0 = as many as fit in flash",
@@ -138,7 +140,7 @@ _KEYS: list[Key] = [
         "states) or flash", choices=("sram", "flash")),
     Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
         "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none",
-        choices=tuple(dict.fromkeys(p for c in CHIPS.values() for p in c.pins)), min_len=0, max_len=8),
+        choices=tuple(dict.fromkeys(p for n in RISCV_NAMES for p in CHIPS[n].pins)), min_len=0, max_len=8),
     Key("mcu.segment_active_low", "bool", False, "true for a common-anode display (a segment lights when its "
         "pin is low)"),
     Key("mcu.port", "path", None, "serial port of the board's USART1 (USB-serial adapter) for `doit monitor` "
@@ -185,7 +187,7 @@ def _chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not bad:
         return []
     free = ", ".join(n for n, f in FORMATS.items() if f.multiplier_free)
-    with_mul = ", ".join(c.name for c in CHIPS.values() if c.multiplier)
+    with_mul = ", ".join(n for n in RISCV_NAMES if CHIPS[n].multiplier)
     return [("quant.formats", f"{', '.join(bad)} need a multiply instruction, which mcu.target {chip.name} lacks "
              f"(allowed: {free}; or mcu.target: {with_mul})")]
 

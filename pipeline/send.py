@@ -30,7 +30,7 @@ from typing import TextIO
 
 import numpy as np
 
-from contract.chips import CHIP_NAMES, CHIPS
+from contract.chips import CHIPS, RISCV_NAMES
 from contract.errors import UserError
 from pipeline import backends
 from pipeline.backends import Answer, Backend
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                        "firmware.elf (with --target)")
     where.add_argument("--host", type=Path, metavar="RUN_DIR",
                        help="the run's C library on this machine (a run folder such as artifacts/runs/default)")
-    ap.add_argument("--target", choices=CHIP_NAMES, help="emulated chip (default: the firmware stage's)")
+    ap.add_argument("--target", choices=RISCV_NAMES, help="emulated chip (default: the firmware stage's)")
     ap.add_argument("--raw", action="store_true",
                     help="pictures: plain grey downscale like the data stage instead of finding the digit")
     ap.add_argument("--invert", action="store_true", help="with --raw: invert (dark digit on a light background)")

@@ -1,7 +1,7 @@
 """Shared test setup: hypothesis profiles, what a test needs (markers), and the tiny pipeline.
 
 A test that needs something the machine may lack carries its marker (registered in pyproject.toml):
-`mnist`, `riscv`, `chromium`, `cuda`, `sdcc`; a whole file sets `pytestmark`. Each need is detected once
+`mnist`, `riscv`, `chromium`, `cuda`, `sdcc`, `spdk`; a whole file sets `pytestmark`. Each need is detected once
 per process (`missing`), and a marked test whose need is missing is skipped with the reason, which says
 what is missing and how to get it (`-ra` prints it).
 """
@@ -69,8 +69,16 @@ def _sdcc() -> str | None:
     return "needs sdcc (the Small Device C Compiler): apt-get install sdcc"
 
 
+def _spdk() -> str | None:
+    from mcu.padauk import tools
+
+    if tools.find_spdk():
+        return None
+    return f"needs {tools.manual_steps()}"
+
+
 NEEDS: dict[str, Callable[[], str | None]] = {
-    "mnist": _mnist, "riscv": _riscv, "chromium": _chromium, "cuda": _cuda, "sdcc": _sdcc,
+    "mnist": _mnist, "riscv": _riscv, "chromium": _chromium, "cuda": _cuda, "sdcc": _sdcc, "spdk": _spdk,
 }
 FIXTURE_NEEDS = {"mnist_dir": "mnist", "tiny_pipeline": "mnist"}  # a test using the fixture carries the marker
 STAGE_NEEDS = {"data": "mnist", "firmware": "riscv"}                # and a stage needs what its inputs need
