@@ -23,6 +23,8 @@ from pipeline.stages import firmware, library
 from pipeline.stages.data import mnist_test
 
 SERIAL_IMAGES = 10
+CHUNK = 20_000_000         # instructions per emulator call between progress checks
+STALL = 200_000_000        # instructions without a new result line: the firmware counts as hung
 LINE = re.compile(r"img (\d+) pred (\d+) label (\d+) cycles (\d+)")
 
 
@@ -35,12 +37,28 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": round(float(np.max(values)), 1)}
 
 
-def _demo(emu: Emulator, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib) -> dict[str, Any]:
+def _run_demo(emu: Emulator, n: int, log) -> str:
+    """Run the demo firmware to its end in chunks, logging progress; a firmware that prints no new result line
+    for STALL instructions is stopped (a CNN's inference takes millions, so no fixed total limit fits all)."""
+    done, stalled = 0, 0
+    while (reason := emu.run(CHUNK)) == "limit":
+        now = bytes(emu.tx).count(b"\r\nimg ")
+        stalled = 0 if now > done else stalled + CHUNK
+        if stalled >= STALL:
+            break
+        if now > done:
+            log(f"{now} of {n} images")
+        done = now
+    return reason
+
+
+def _demo(emu: Emulator, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib, log) -> dict[str, Any]:
     n = int(fw["images"])
-    reason = emu.run()
+    reason = _run_demo(emu, n, log)
     text = bytes(emu.tx).decode("ascii", errors="replace")
     if reason != "halt":
-        raise EmulateError(f"demo firmware did not finish ({reason}); its output:\n{text}")
+        why = f"no new result line in {STALL:,} instructions" if reason == "limit" else reason
+        raise EmulateError(f"demo firmware did not finish ({why}); its output:\n{text}")
     rows = [LINE.fullmatch(line) for line in text.split("\r\n")[1:n + 1]]
     if len(rows) != n or not all(rows) or [int(r.group(1)) for r in rows] != list(range(n)):
         raise EmulateError(f"demo output does not have one line per image (expected {n}):\n{text}")
@@ -97,7 +115,7 @@ def run(ctx) -> dict:
     emu = Emulator(firmware.elf(ctx.input("firmware")), fw["target"], profile=True)
     ctx.log(f"running {fw['mode']} firmware for {fw['target']} (kernels in {fw['kernels']}) in the emulator")
     if fw["mode"] == "demo":
-        res = _demo(emu, fw, images, labels, lib)
+        res = _demo(emu, fw, images, labels, lib, ctx.log)
     else:
         res = _serial(emu, images[:SERIAL_IMAGES], labels[:SERIAL_IMAGES], lib)
     c = res["cycles"]["mean"]
