@@ -1127,7 +1127,8 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
    term, no branch. The accumulator starts at -(the sum of t over the channel's terms), so it ends at 32 * acc *
    2^k, in uint32 arithmetic (wrapping, x sign-extended: conv1's inputs are signed). That is exact because the
    true value is small: |32 * acc * 2^k| <= 32 * 9 * 128 * 128 * 2^7 < 2^31 for any int8 window and weight;
-   bm__s32 turns it back to int32 and the exact division by 32 follows (bm__relu5, bm__val5). */
+   bm__s32 turns it back to int32; the requantizing kernels take these 32 times larger values as they are
+   (BM__ZS), bm__win divides them exactly (bm__val5). */
 
 typedef struct bm__cw {
 #if BM__CONV_MUL
@@ -1140,13 +1141,22 @@ typedef struct bm__cw {
 } bm__cw;
 
 #if BM__CONV_MUL
+/* The conv sums that bm__conv_q and bm__conv_pool requantize are 2^BM__ZS times the values: an exact
+   multiple, so the requant of y (CONTRACT §4, shift g) is that of 2^BM__ZS y with shift g + BM__ZS and offset
+   ((1 << g) >> 1) << BM__ZS, and the bit length of their OR is BM__ZS more (shift terms: 32 times, below 2^30,
+   and an offset of at most 2^28 keeps the sum inside int32). */
+#define BM__ZS 0
+
 /* The window at p (3 rows of 3 values, s bytes apart) times the weights: acc * 2^k before the ReLU. */
 BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
     return p[0] * cw->w[0] + p[1] * cw->w[1] + p[2] * cw->w[2] + p[s] * cw->w[3] + p[s + 1u] * cw->w[4] +
            p[s + 2u] * cw->w[5] + p[s + s] * cw->w[6] + p[s + s + 1u] * cw->w[7] + p[s + s + 2u] * cw->w[8];
 }
+#define bm__winz bm__win
 #else
+#define BM__ZS 5
+
 /* v << (T & 31): RISC-V's sll reads only the low 5 bits of the amount, so there the mask costs no instruction
    (GCC keeps it when one masked amount serves several shifts). */
 #if defined(__GNUC__) && defined(__riscv)
@@ -1170,12 +1180,6 @@ BM__INLINE int32_t bm__s32(uint32_t u)
     return u < 0x80000000u ? (int32_t)u : -(int32_t)~u - 1;
 }
 
-/* max(a, 0) of z = 32 * a */
-BM__INLINE int32_t bm__relu5(int32_t z)
-{
-    return z > 0 ? z >> 5 : 0;
-}
-
 /* a of z = 32 * a, in sign-magnitude form (a right shift of a non-negative value only) */
 BM__INLINE int32_t bm__val5(int32_t z)
 {
@@ -1197,10 +1201,16 @@ BM__HOT static uint32_t bm__terms9(const int8_t *p, uint32_t s, const bm__cw *cw
     return a;
 }
 
+/* 32 * acc * 2^k: the requantizing kernels take the values times 2^BM__ZS */
+BM__INLINE int32_t bm__winz(const int8_t *p, uint32_t s, const bm__cw *cw)
+{
+    return bm__s32(bm__terms9(p, s, cw));
+}
+
 /* acc * 2^k before the ReLU, as bm__win of a core that multiplies */
 BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
-    return bm__val5(bm__s32(bm__terms9(p, s, cw)));
+    return bm__val5(bm__winz(p, s, cw));
 }
 #endif
 
@@ -1283,8 +1293,9 @@ BM__INLINE int8_t bm__requant1(int32_t y, int32_t half, uint32_t g, uint32_t *to
 BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
                                    const bm__cw *cw, uint32_t g)
 {
-    int32_t half = ((int32_t)1 << g) >> 1;
+    int32_t half = (((int32_t)1 << g) >> 1) << BM__ZS;
     uint32_t top = 0;
+    g += BM__ZS;
     for (; nr > 0u; nr--, x += s, out += s) {
         const int8_t *p = x, *end = x + nc;
         int8_t *o = out;
@@ -1318,15 +1329,15 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
                 BM__ROW2(a0, a1, t, w + 6);
                 w += 9;
             } while (w != cw->end);
-            o[0] = bm__requant1(bm__relu5(bm__s32(a0)), half, g, &top);
-            o[1] = bm__requant1(bm__relu5(bm__s32(a1)), half, g, &top);
+            o[0] = bm__requant1(bm__s32(a0), half, g, &top);
+            o[1] = bm__requant1(bm__s32(a1), half, g, &top);
         }
 #endif
         if (nc & 1u) {                    /* an odd last output */
-            *o = bm__requant1(bm__win(p, s, cw), half, g, &top);
+            *o = bm__requant1(bm__winz(p, s, cw), half, g, &top);
         }
     }
-    return top;
+    return top >> BM__ZS;
 }
 
 #if BM__CONV_MUL
@@ -1378,8 +1389,9 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
 BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
                                       const bm__cw *cw, uint32_t g, int32_t *o32)
 {
-    int32_t half = ((int32_t)1 << g) >> 1;
+    int32_t half = (((int32_t)1 << g) >> 1) << BM__ZS;
     uint32_t top = 0;
+    g += BM__ZS;
     for (; nr > 0u; nr--, x += s + s) {
         const int8_t *p = x;
         int8_t *o = out;                  /* NULL with o32 (a single conv layer has no m->chan) */
@@ -1419,7 +1431,7 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
                 BM__ROW4(c0, c1, d0, d1, t, u, w + 6);
                 w += 9;
             } while (w != cw->end);
-            a0 = bm__s32(c0);             /* 32 times the values: the max first, then one division */
+            a0 = bm__s32(c0);             /* 2^BM__ZS times the values */
             a1 = bm__s32(c1);
             b0 = bm__s32(d0);
             b1 = bm__s32(d1);
@@ -1427,20 +1439,17 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
             a0 = a1 > a0 ? a1 : a0;
             b0 = b1 > b0 ? b1 : b0;
             a0 = b0 > a0 ? b0 : a0;
-#if !BM__CONV_MUL
-            a0 = bm__relu5(a0);
-#endif
             if (o32 != NULL) {
                 a0 = a0 > 0 ? a0 : 0;
                 top |= (uint32_t)a0;
-                *o32++ = a0;
+                *o32++ = a0 >> BM__ZS;
             } else {
                 *o = bm__requant1(a0, half, g, &top);
                 o++;
             }
         }
     }
-    return top;
+    return top >> BM__ZS;
 }
 #endif /* BM_CFG_CNN */
 
