@@ -334,7 +334,8 @@ typedef void (*bm__rows_fn)(const uint32_t *w, uint32_t stride, int32_t *acc, co
 /* w[j] = (weight j of a packed row) * 2^k for j < n */
 typedef void (*bm__decode_fn)(const uint32_t *row, int32_t n, uint32_t k, int32_t *w);
 #else
-/* The 9 weights of a packed row times 2^k as shift terms, 9 per plane (bm__cw); returns the planes, 1 to 3 */
+/* The 9 weights of a packed row times 2^k as shift terms, 9 per plane, and t[18 + j] the extra term of weight j
+   where it has one (4bitsym; left 0 otherwise) (bm__cw); returns the planes, 1 or 2 */
 typedef uint32_t (*bm__terms_fn)(const uint32_t *row, uint32_t k, int8_t *t);
 #endif
 
@@ -845,35 +846,22 @@ BM__HOT static uint32_t bm__conv_terms_2bitsym(const uint32_t *row, uint32_t k, 
 #endif
 
 #if BM__HAS_CONV(BM_FMT_4BITSYM)
-/* +-(2m+1) for m = 0..7 as 2^a + (bit 3 ? -1 : 1) (bits 0..2: a), none for m = 5, 6 (11, 13), and as
-   2^a + 2^b + (bit 4 ? -1 : 1) (bits 0..1: a, 2..3: b): 1 = 1+1-1, 3 = 1+1+1, ..., 11 = 8+2+1, 15 = 8+8-1. */
-static const uint8_t bm__sym2[8] = {0x09, 0x01, 0x02, 0x0B, 0x03, 0, 0, 0x0C};
-static const uint8_t bm__sym3[8] = {0x10, 0x00, 0x05, 0x06, 0x0A, 0x07, 0x0B, 0x1F};
+/* +-(2m+1) for m = 0..7 as 2^a + (bit 3 ? -1 : 1) (bits 0..2: a), and for 11 and 13 (m = 5, 6) 8 + 1 plus the
+   extra term 2^(x - 1) (bits 4..5: x, 0 for none): 1 = 2 - 1, 3 = 2 + 1, ..., 11 = 8 + 1 + 2, 15 = 16 - 1. */
+static const uint8_t bm__sym2[8] = {0x09, 0x01, 0x02, 0x0B, 0x03, 0x23, 0x33, 0x0C};
 
 BM__HOT static uint32_t bm__conv_terms_4bitsym(const uint32_t *row, uint32_t k, int8_t *t)
 {
     bm__fields r = {row, 0u, 0u};
-    uint8_t f[9];
-    uint32_t j, planes = 2;
-    for (j = 0; j < 9u; j++) {           /* bit3 sign, bits 0..2 m; a channel with an 11 or 13 takes 3 planes */
-        f[j] = (uint8_t)bm__next_field(&r, BM_FMT_4BITSYM_FIELD_BITS);
-        if ((f[j] & 7u) == 5u || (f[j] & 7u) == 6u)
-            planes = 3;
-    }
-    for (j = 0; j < 9u; j++, t++) {
-        uint32_t neg = (uint32_t)f[j] >> 3, d;
-        if (planes == 2u) {
-            d = bm__sym2[f[j] & 7u];
-            t[0] = bm__term(neg, k + 5u + (d & 7u));
-            t[9] = bm__term(neg ^ (d >> 3), k + 5u);
-        } else {
-            d = bm__sym3[f[j] & 7u];
-            t[0] = bm__term(neg, k + 5u + (d & 3u));
-            t[9] = bm__term(neg, k + 5u + ((d >> 2) & 3u));
-            t[18] = bm__term(neg ^ (d >> 4), k + 5u);
-        }
-    }
-    return planes;
+    int8_t *end = t + 9;
+    do {                                 /* bit3 sign, bits 0..2 m: two planes and the extra terms */
+        uint32_t f = bm__next_field(&r, BM_FMT_4BITSYM_FIELD_BITS), neg = f >> 3, d = bm__sym2[f & 7u];
+        t[0] = bm__term(neg, k + 5u + (d & 7u));
+        t[9] = bm__term(neg ^ ((d >> 3) & 1u), k + 5u);
+        if (d >> 4)
+            t[18] = bm__term(neg, k + 4u + (d >> 4));
+    } while (++t != end);
+    return 2;
 }
 #endif
 
@@ -1120,8 +1108,8 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
    without a multiplier, shift terms.
    Shift terms: every weight of the multiplier-free formats times 2^k is a sum of 1 to 3 signed powers of two
    (fp130 +-2^e and binary +-1 one, 2bitsym 2 +- 1 and ternary 1 - 1, 2 - 1, -2 + 1 two, 4bitsym 2^a +- 1 two
-   or, in a channel with an 11 or 13, 2^a + 2^b +- 1 three), so a window is 1 to 3 planes of 9 terms
-   +-(x << c), c = e + k + 5. A term is stored as the byte t = (neg ? c - 32 : c), read sign-extended as the
+   and for 11 and 13 8 + 1 + 2^e three), so a window is 1 or 2 planes of 9 terms +-(x << c), c = e + k + 5,
+   and a list of the extra third terms with their inputs' offsets in the window (4bitsym only). A term is stored as the byte t = (neg ? c - 32 : c), read sign-extended as the
    uint32 T, and computed as (x << (T & 31)) ^ T: x << c has 5 low zero bits, so the XOR adds t for a positive
    term, and for a negative one it is -(x << c) - 32 + c = -(x << c) + t. One shift, one XOR and one add per
    term, no branch. The accumulator starts at -(the sum of t over the channel's terms), so it ends at 32 * acc *
@@ -1130,13 +1118,20 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
    bm__s32 turns it back to int32; the requantizing kernels take these 32 times larger values as they are
    (BM__ZS), bm__win divides them exactly (bm__val5). */
 
+/* extra terms: compiled in with the format that has them */
+#define BM__XTERMS (!BM__CONV_MUL && BM__HAS_CONV(BM_FMT_4BITSYM))
+
 typedef struct bm__cw {
 #if BM__CONV_MUL
     int32_t w[9];                 /* weight [dy][dx] * 2^k */
 #else
-    int8_t t[27];                 /* planes of 9 terms [dy][dx] */
+    int8_t t[27];                 /* planes of 9 terms [dy][dx], then the extra terms from t + 18 */
     const int8_t *end;            /* t + 9 * planes */
     uint32_t c0;                  /* the accumulator's start: -(sum of the terms' bytes) */
+#if BM__XTERMS
+    const int8_t *xend;           /* the end of the extra terms */
+    uint32_t xo[9];               /* the offset in the window (dy s + dx) of each one's input */
+#endif
 #endif
 } bm__cw;
 
@@ -1198,6 +1193,13 @@ BM__HOT static uint32_t bm__terms9(const int8_t *p, uint32_t s, const bm__cw *cw
         a += BM__TERM(u[0], (uint32_t)t[6]) + BM__TERM(u[1], (uint32_t)t[7]) + BM__TERM(u[2], (uint32_t)t[8]);
         t += 9;
     } while (t != cw->end);
+#if BM__XTERMS
+    {
+        const uint32_t *xo = cw->xo;
+        for (t = cw->t + 18; t != cw->xend; t++)
+            a += BM__TERM(p[*xo++], (uint32_t)*t);
+    }
+#endif
     return a;
 }
 
@@ -1214,17 +1216,38 @@ BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 }
 #endif
 
-/* cw for a row of format fmt (in BM_CFG_CONV_FORMATS) with shift k. */
-static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
+/* cw for a row of format fmt (in BM_CFG_CONV_FORMATS) with shift k, on a map with rows s bytes apart. */
+static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k, uint32_t s)
 {
 #if BM__CONV_MUL
+    (void)s;
     bm__fmts[fmt].decode(row, 9, k, cw->w);
 #else
     const int8_t *t = cw->t;
-    uint32_t sum = 0, planes = bm__fmts[fmt].terms(row, k, cw->t);
+    uint32_t sum = 0, planes;
+#if BM__XTERMS
+    int8_t *x = cw->t + 18;
+    uint32_t dy, dx, off = 0, *xo = cw->xo;
+    for (dx = 0; dx < 9u; dx++)
+        x[dx] = 0;                        /* no extra term unless the decoder writes one */
+#else
+    (void)s;
+#endif
+    planes = bm__fmts[fmt].terms(row, k, cw->t);
     cw->end = t + (planes << 3) + planes;
     for (; t != cw->end; t++)
         sum += (uint32_t)*t;
+#if BM__XTERMS
+    t = x;                                /* the extra terms, moved to the front of their 9 bytes */
+    for (dy = 0; dy < 3u; dy++, off += s - 3u)
+        for (dx = 0; dx < 3u; dx++, off++, t++)
+            if (*t != 0) {
+                sum += (uint32_t)*t;
+                *x++ = *t;
+                *xo++ = off;
+            }
+    cw->xend = x;
+#endif
     cw->c0 = 0u - sum;
 #endif
 }
@@ -1329,6 +1352,17 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
                 BM__ROW2(a0, a1, t, w + 6);
                 w += 9;
             } while (w != cw->end);
+#if BM__XTERMS
+            {
+                const uint32_t *xo = cw->xo;
+                for (w = cw->t + 18; w != cw->xend; w++) {
+                    const int8_t *t = p + *xo++;
+                    uint32_t wk = (uint32_t)*w;
+                    a0 += BM__TERM(t[0], wk);
+                    a1 += BM__TERM(t[1], wk);
+                }
+            }
+#endif
             o[0] = bm__requant1(bm__s32(a0), half, g, &top);
             o[1] = bm__requant1(bm__s32(a1), half, g, &top);
         }
@@ -1431,6 +1465,19 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
                 BM__ROW4(c0, c1, d0, d1, t, u, w + 6);
                 w += 9;
             } while (w != cw->end);
+#if BM__XTERMS
+            {
+                const uint32_t *xo = cw->xo;
+                for (w = cw->t + 18; w != cw->xend; w++) {
+                    const int8_t *t = p + *xo++, *u = t + s;
+                    uint32_t wk = (uint32_t)*w;
+                    c0 += BM__TERM(t[0], wk);
+                    c1 += BM__TERM(t[1], wk);
+                    d0 += BM__TERM(u[0], wk);
+                    d1 += BM__TERM(u[1], wk);
+                }
+            }
+#endif
             a0 = bm__s32(c0);             /* 2^BM__ZS times the values */
             a1 = bm__s32(c1);
             b0 = bm__s32(d0);
@@ -1533,7 +1580,7 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
         uint32_t k = out_shifts != NULL ? out_shifts[c] : 0u;
         if (cpg == 1) {
             bm__cw cw;
-            bm__cw_set(&cw, fmt, words, k);
+            bm__cw_set(&cw, fmt, words, k, (uint32_t)w);
             bm__conv_y(x, (uint32_t)w, (uint32_t)(h - 2), (uint32_t)(w - 2), &cw, relu, out);
         } else
             bm__conv_wide(x, cpg, h, w, words, fmt, k, relu, out);
@@ -1782,11 +1829,11 @@ static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, 
     }
 }
 
-/* cw: channel c's weights in layer lay. */
-static void bm__cnn_weights(bm__cw *cw, const bm_layer *lay, uint32_t c)
+/* cw: channel c's weights in layer lay, on maps with rows N bytes apart. */
+static void bm__cnn_weights(const bm__cnn *st, bm__cw *cw, const bm_layer *lay, uint32_t c)
 {
     bm__cw_set(cw, lay->format, lay->words + bm__umul(c, lay->row_words),
-               lay->out_shifts != NULL ? lay->out_shifts[c] : 0u);
+               lay->out_shifts != NULL ? lay->out_shifts[c] : 0u, st->nn);
 }
 
 /* Layer lay (not the last) of channel c on map x: conv, ReLU, << k, its pool if any, then requant with shift g
@@ -1795,7 +1842,7 @@ static uint32_t bm__cnn_hidden(const bm__cnn *st, const bm_layer *lay, const int
 {
     uint32_t h = lay->in_h - 2u, w = lay->in_w - 2u, top;
     bm__cw cw;
-    bm__cnn_weights(&cw, lay, c);
+    bm__cnn_weights(st, &cw, lay, c);
     if (lay->pool)                        /* a pool drops an odd last row and column: not computed */
         top = bm__conv_pool(x, st->m->chan, st->nn, h >> 1, w >> 1, &cw, g, NULL);
     else
@@ -1813,7 +1860,7 @@ static uint32_t bm__cnn_last(const bm__cnn *st, const bm_layer *lay, const int8_
     uint8_t *f = st->cache + bm__umul(c, plane);
     int32_t top, a;
     bm__cw cw;
-    bm__cnn_weights(&cw, lay, c);
+    bm__cnn_weights(st, &cw, lay, c);
     if (lay->pool)
         top = (int32_t)bm__conv_pool(x, st->m->chan, st->nn, h >> 1, w >> 1, &cw, 0, st->m->acc);
     else {

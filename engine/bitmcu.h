@@ -67,10 +67,10 @@
      each value with the layer's guessed shift as it is computed (bm__conv_q), or, for a layer with a
      pool, take each 2x2 block's maximum and requantize that once (bm__conv_pool), writing int8 in
      place of the channel's map. With BM_CFG_NO_MULTIPLY the channel's weights times 2^k are decoded
-     once into 1 to 3 planes of 9 signed power-of-two terms (fp130 and binary 1, 2bitsym, ternary and most
-     4bitsym channels 2, a 4bitsym channel with an 11 or 13 3), 36 bytes of stack, and each term costs a
-     shift, an XOR and an add, with the same two or four outputs per term load (bitmcu.c, "conv kernels",
-     says why it is exact). The loops (bm__conv_*) are functions of their own for SRAM placement.
+     once into 1 or 2 planes of 9 signed power-of-two terms (fp130 and binary 1, 2bitsym, ternary and
+     4bitsym 2, and a 4bitsym 11 or 13 one extra term), 36 bytes of stack (76 with 4bitsym), and each term
+     costs a shift, an XOR and an add, with the same two or four outputs per term load (bitmcu.c, "conv
+     kernels", says why it is exact). The loops (bm__conv_*) are functions of their own for SRAM placement.
 
    FORMATS
      Each weight format is described once: bitmcu.h's BM_FMT_x_FIELD_BITS and BM_FMT_x_CODES_PER_WORD (and
