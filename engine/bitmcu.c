@@ -1181,17 +1181,20 @@ BM__INLINE int32_t bm__val5(int32_t z)
     return z >= 0 ? z >> 5 : -((-z) >> 5);
 }
 
-/* The window at p (3 rows of 3 values, s bytes apart) through every plane: 32 * acc * 2^k, wrapping. A function
-   (about 300 bytes of RV32EC): only bm__conv_y and an odd last output use it. */
+/* The window at p (3 rows of 3 values, s bytes apart) through every plane: 32 * acc * 2^k, wrapping. Only
+   bm__conv_y and an odd last output use it: a function, one row of a plane at a time (small code). */
 BM__HOT static uint32_t bm__terms9(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
-    const int8_t *t = cw->t, *q = p + s, *u = q + s;
-    uint32_t a = cw->c0;
+    const int8_t *t = cw->t, *q = p;
+    uint32_t a = cw->c0, dy = 0;
     do {
-        a += BM__TERM(p[0], (uint32_t)t[0]) + BM__TERM(p[1], (uint32_t)t[1]) + BM__TERM(p[2], (uint32_t)t[2]);
-        a += BM__TERM(q[0], (uint32_t)t[3]) + BM__TERM(q[1], (uint32_t)t[4]) + BM__TERM(q[2], (uint32_t)t[5]);
-        a += BM__TERM(u[0], (uint32_t)t[6]) + BM__TERM(u[1], (uint32_t)t[7]) + BM__TERM(u[2], (uint32_t)t[8]);
-        t += 9;
+        a += BM__TERM(q[0], (uint32_t)t[0]) + BM__TERM(q[1], (uint32_t)t[1]) + BM__TERM(q[2], (uint32_t)t[2]);
+        q += s;
+        t += 3;
+        if (++dy == 3u) {                 /* the next plane */
+            dy = 0;
+            q = p;
+        }
     } while (t != cw->end);
 #if BM__XTERMS
     {
