@@ -68,7 +68,7 @@ class Firmware:
         if self.target in CHIPS and CHIPS[self.target].family != "riscv":
             raise FirmwareError(f"{self.where}: mcu.target {self.target} is a {CHIPS[self.target].family} part; "
                                 f"the firmware stage builds for the RISC-V chips {', '.join(RISCV_NAMES)} "
-                                "(Padauk parts build and run with mcu.padauk.sim)")
+                                "(Padauk parts: mcu/padauk/firmware.py)")
         if self.target not in CHIPS or self.mode not in SOURCES or self.kernels not in ("sram", "flash"):
             raise FirmwareError(f"{self.where}: unknown firmware target/mode/kernels "
                                 f"{self.target}/{self.mode}/{self.kernels}")
