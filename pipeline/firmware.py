@@ -1,18 +1,28 @@
-"""Firmware stage: cross-compile the CH32V00x firmware for the exported model, gate its size.
+"""Firmware stage: build the chip's firmware for the exported model, gate its size; one backend per family.
 
-Builds mcu/src with engine/bitmcu.c and the export's model.h (mcu/build.py): `demo` embeds the
-first mcu.demo_images test images (0 = as many as fit in flash) and prints a line per image;
-`serial` classifies images sent over USART1 (mcu/protocol.py). Fails with a table when flash or
-RAM does not fit, and on the CH32V003 when the inference code contains a multiply or divide.
+RISC-V (CH32V00x): builds mcu/src with engine/bitmcu.c and the export's model.h (mcu/build.py): `demo` embeds
+the first mcu.demo_images test images (0 = as many as fit in flash) and prints a line per image; `serial`
+classifies images sent over USART1 (mcu/protocol.py). Fails with a table when flash or RAM does not fit, and
+on the CH32V003 when the inference code contains a multiply or divide.
+
+Padauk (PMS150C, PFS154): builds the SDCC engine and its demo loop (mcu/padauk/firmware.py) with the test
+images in ROM, as many as fit for mcu.demo_images 0; fails with a table when ROM words or RAM bytes (the
+stack reserved) do not fit. firmware.ihx is what a programmer writes.
 """
 from __future__ import annotations
 
+import shutil
+
+from contract.chips import CHIPS
 from mcu.build import Firmware, build, build_demo
+from mcu.padauk import firmware as padauk
+from mcu.padauk import sim
 from pipeline.stages.data import mnist_test
 from pipeline.stages.export import model as exported_model
+from pipeline.stages.firmware import BUILD, IHX, MAP
 
 
-def run(ctx) -> dict:
+def _riscv(ctx) -> dict:
     cfg = ctx.cfg
     fw = Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
                   segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
@@ -20,7 +30,7 @@ def run(ctx) -> dict:
     model = exported_model(ctx.input("export"))
     if fw.mode == "demo":
         images, labels = mnist_test(ctx.input("data"))
-        b = build_demo(fw, model, ctx.out, images, labels, cfg["mcu.demo_images"])
+        b = build_demo(fw, model, ctx.out, images, labels, ctx.cfg["mcu.demo_images"])
     else:
         b = build(fw, model, ctx.out)
     s = b.summary(ctx.out)
@@ -28,3 +38,20 @@ def run(ctx) -> dict:
             f"RAM {s['ram_used']} of {s['ram_limit']} B (stack bound {s['stack_bound']} B), "
             f"{s['images']} demo images, no-multiply scan {s['no_multiply_scan']}")
     return s
+
+
+def _padauk(ctx) -> dict:
+    images, _ = mnist_test(ctx.input("data"))
+    b = padauk.build_demo(exported_model(ctx.input("export")), images, ctx.cfg["mcu.target"], ctx.out / BUILD,
+                          ctx.cfg["mcu.demo_images"], f"config of stage {ctx.stage.name}")
+    shutil.copy(b.ihx, ctx.out / IHX)
+    shutil.copy(b.out / sim.MAP, ctx.out / MAP)
+    s = padauk.summary(b)
+    print(sim.format_table(b.size_report()), flush=True)
+    ctx.log(f"{b.target} demo: ROM {s['rom_words']} of {s['rom_limit']} words, RAM {s['ram_used']} of "
+            f"{s['ram_limit']} B (stack reserved {s['stack_reserved']} B), {s['images']} test images embedded")
+    return s
+
+
+def run(ctx) -> dict:
+    return (_padauk if CHIPS[ctx.cfg["mcu.target"]].family == "padauk" else _riscv)(ctx)
