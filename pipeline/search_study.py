@@ -29,6 +29,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.graph import Plan
 from pipeline.search import Search
 from pipeline.stage import summary
+from pipeline.stages.train import metrics
 from pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def _pruner(search: Search) -> "optuna.pruners.BasePruner":
 
     if search.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, search.trials // 4)), n_warmup_steps=1)
+    return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, search.trials // 4)), n_warmup_steps=2)
 
 
 def open_study(search: Search) -> "optuna.Study":
@@ -206,24 +207,32 @@ def _trial(search: Search, store: Store, trial: "optuna.Trial") -> Any:
     print(f"[search] trial {trial.number}: fits {cfg['mcu.target']} (model flash {sizes['flash_bytes']:,} B, "
           f"buffers {sizes['ram_bytes']:,} B; checked in {time.perf_counter() - t0:.1f} s)", flush=True)
     plan = Plan.make(cfg, store)
+    reported: set[int] = set()
     for name in search.stages:
         try:
-            plan.build(name, _pruning(search, trial) if name == "train" else None)
+            plan.build(name, _pruning(search, trial, cfg["train.epochs"], reported) if name == "train" else None)
         except FirmwareError as e:
             if name != "firmware":
                 raise
             _end(trial, "infeasible", f"firmware gate: {str(e).splitlines()[0].rstrip(':')}")
+        if name == "train" and search.pruner != "none":   # found in the store: its stored curve, for the pruner
+            for row in metrics(plan.store.path("train", plan.keys["train"])):
+                if row["epoch"] not in reported:
+                    trial.report(row["val_acc"], row["epoch"])
     return _score(search, plan, cfg, trial)
 
 
-def _pruning(search: Search, trial: "optuna.Trial") -> Callable[[int, dict[str, Any]], None] | None:
-    """The train stage's per-epoch callback: report the validation curve, stop when the pruner says so."""
+def _pruning(search: Search, trial: "optuna.Trial", epochs: int,
+             reported: set[int]) -> Callable[[int, dict[str, Any]], None] | None:
+    """The train stage's per-epoch callback: report the validation curve (epochs into `reported`), stop when the
+    pruner says so."""
     if search.pruner == "none":
         return None
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> None:
         trial.report(row["val_acc"], epoch)
-        if trial.should_prune():
+        reported.add(epoch)
+        if epoch < epochs and trial.should_prune():   # after the last epoch there is nothing left to save
             _end(trial, "pruned", f"epoch {epoch}: validation {100 * row['val_acc']:.2f}% below the median of "
                  "earlier trials at that epoch")
     return on_epoch
