@@ -149,17 +149,16 @@ def _board_action(fn):
 def task__flash_setup():
     """Probe and flashing tool present? Runs before the firmware is built, so a missing one fails at once."""
     def setup(plan):
-        from mcu.flash import check_setup
-        check_setup()
+        from pipeline.flash import check_setup
+        check_setup(plan.cfg["mcu.target"])
     return {"actions": [_board_action(setup)], "uptodate": [False], "verbosity": 2}
 
 
 def task_flash():
-    """Write the firmware to the board through a WCH-LinkE (rvprog, minichlink or wlink); never up to date."""
+    """Write the firmware to the board: WCH-LinkE (rvprog, minichlink or wlink) or, for Padauk, easypdkprog."""
     def flash(plan):
-        from mcu.flash import flash as write
-        from pipeline.stages.firmware import binary
-        print(write(binary(plan.store.path("firmware", plan.keys["firmware"]))), end="", flush=True)
+        from pipeline.flash import flash as write
+        print(write(plan.store.path("firmware", plan.keys["firmware"])), end="", flush=True)
     return {"actions": [_board_action(flash)], "task_dep": ["_flash_setup", "firmware"], "uptodate": [False],
             "verbosity": 2}
 

@@ -1,10 +1,11 @@
 """The chips as one table: family, ISA, multiplier, memories and their addresses, clock, usable pins.
 
-Two families share the table. `riscv` (CH32V00x): the firmware build, size gate, emulator, export's
-multiplier check and the config's `mcu.target` choices read these rows (RISCV_NAMES), so a new RISC-V chip
-is one row here (plus its cycle costs, mcu/cycles.py). `padauk` (PMS150C, PFS154: 8-bit, one accumulator,
-no multiplier): the SDCC engine of mcu/padauk reads these rows (PADAUK_NAMES); the pipeline does not deploy
-them yet, and the RISC-V stages refuse them by name.
+Two families share the table, and the config's `mcu.target` choices are all its rows; the firmware and
+emulate stages pick a backend by `family`. `riscv` (CH32V00x): the firmware build, size gate, emulator and
+export's multiplier check read these rows (RISCV_NAMES), so a new RISC-V chip is one row here (plus its cycle
+costs, mcu/cycles.py). `padauk` (PMS150C, PFS154: 8-bit, one accumulator, no multiplier): the SDCC engine of
+mcu/padauk, its size gate and the simulator spdk read these rows (PADAUK_NAMES); the RISC-V build and
+emulator refuse them by name.
 """
 from __future__ import annotations
 
@@ -50,5 +51,5 @@ CHIPS: dict[str, Chip] = {c.name: c for c in (
 )}
 CHIP_NAMES = tuple(CHIPS)
 FAMILIES = ("riscv", "padauk")
-RISCV_NAMES = tuple(c.name for c in CHIPS.values() if c.family == "riscv")     # what the pipeline deploys
+RISCV_NAMES = tuple(c.name for c in CHIPS.values() if c.family == "riscv")     # what mcu/build.py and mcu/emulator.py run
 PADAUK_NAMES = tuple(c.name for c in CHIPS.values() if c.family == "padauk")   # what mcu/padauk builds for

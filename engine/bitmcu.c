@@ -13,8 +13,9 @@
    __mulsi3/__divsi3. Sizes are formed once per call with bm__umul (shift and add with
    BM_CFG_NO_MULTIPLY, else the core's multiply).
    A conv (bitmcu.h, CONV KERNELS) decodes each output channel's row once and multiplies in place on
-   a core that multiplies; with BM_CFG_NO_MULTIPLY it gathers each 3x3 window into a small buffer and
-   calls the row dot product.
+   a core that multiplies; with BM_CFG_NO_MULTIPLY it decodes the row into shift terms (one shift, XOR and
+   add per term), and only a conv with several input channels per group gathers each window for the row
+   dot product.
    Right shifts are applied to unsigned or non-negative values only, left shifts to non-negative
    values only, and no unsigned value is converted to a signed type out of range (CONTRACT §10).
 */
@@ -71,14 +72,15 @@ static int32_t bm__div_exact(int32_t a, int32_t b)
 }
 
 /* The conv kernels (bm__conv_*) multiply each channel's weights, decoded once, with '*' (BM__CONV_MUL 1: a
-   core that multiplies), or gather each 3x3 window and call the format's row dot product (0:
-   BM_CFG_NO_MULTIPLY, add, subtract and shift only). BM_CFG_KERNELS chooses bm_fc's kernels only. */
+   core that multiplies), or add up its shift terms, also decoded once (0: BM_CFG_NO_MULTIPLY, add, subtract,
+   shift and XOR only; a conv with cpg > 1 calls the row dot products). BM_CFG_KERNELS chooses bm_fc's kernels
+   only. */
 #ifndef BM_CFG_NO_MULTIPLY
 #define BM__CONV_MUL 1
 #else
 #define BM__CONV_MUL 0
 #endif
-/* the row dot products: bm_fc's reference kernels and the gathered-window convs; BM__HAS_DOT(id): format id's
+/* the row dot products: bm_fc's reference kernels and the gathered-window convs (cpg > 1); BM__HAS_DOT(id): format id's
    is called (the others are left out, so that their descriptors do not keep them in a firmware) */
 #define BM__DOTS (BM_CFG_KERNELS == 0 || !BM__CONV_MUL)
 #define BM__DOT_FMTS ((BM_CFG_KERNELS == 0 ? (BM_CFG_FC_FORMATS) : 0u) | (BM__CONV_MUL ? 0u : (BM_CFG_CONV_FORMATS)))
@@ -331,6 +333,10 @@ typedef void (*bm__rows_fn)(const uint32_t *w, uint32_t stride, int32_t *acc, co
 #if BM__CONV_MUL
 /* w[j] = (weight j of a packed row) * 2^k for j < n */
 typedef void (*bm__decode_fn)(const uint32_t *row, int32_t n, uint32_t k, int32_t *w);
+#else
+/* The 9 weights of a packed row times 2^k as shift terms, 9 per plane, and t[18 + j] the extra term of weight j
+   where it has one (4bitsym; left 0 otherwise) (bm__cw); returns the planes, 1 or 2 */
+typedef uint32_t (*bm__terms_fn)(const uint32_t *row, uint32_t k, int8_t *t);
 #endif
 
 typedef struct bm__fmt {
@@ -346,6 +352,8 @@ typedef struct bm__fmt {
 #endif
 #if BM__CONV_MUL
     bm__decode_fn decode;         /* a conv row's weights times 2^k */
+#else
+    bm__terms_fn terms;           /* a cpg-1 conv row's weights times 2^k as shift terms */
 #endif
     uint8_t per_word;             /* codes per packed word */
 } bm__fmt;
@@ -648,12 +656,12 @@ BM__HOT static void bm__fc_8bit(const int8_t *x, int32_t n_in, const uint32_t *w
 #endif
 #endif /* BM_CFG_KERNELS == 1 */
 
-#if BM__CONV_MUL
 /* ---- conv weight decoders ---------------------------------------------------------------------------------
-   bm__conv_decode_<fmt>(row, n, k, w): w[j] = (weight j of the packed row) * 2^k for j < n, n >= 1. Folding
-   the shift into the weights is exact: relu(acc) << k = max(sum x (w 2^k), 0) and acc * 2^k = sum x (w 2^k),
-   and every partial sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k. One loop per format: a
-   format switch per weight costs more than the weight. */
+   bm__conv_decode_<fmt>(row, n, k, w) (BM__CONV_MUL): w[j] = (weight j of the packed row) * 2^k for j < n,
+   n >= 1. Folding the shift into the weights is exact: relu(acc) << k = max(sum x (w 2^k), 0) and
+   acc * 2^k = sum x (w 2^k), and every partial sum stays inside CONTRACT §3's bound n_in * 127 * max|w| * 2^k.
+   bm__conv_terms_<fmt> (no multiplier): the same 9 weights as shift terms, "conv kernels" below. One loop per
+   format: a format switch per weight costs more than the weight. */
 /* A packed row read field by field, first field in the least significant bits (CONTRACT §9). */
 typedef struct bm__fields {
     const uint32_t *row;          /* the next word */
@@ -674,6 +682,8 @@ BM__INLINE uint32_t bm__next_field(bm__fields *r, uint32_t b)
     r->word >>= b;
     return f;
 }
+
+#if BM__CONV_MUL
 
 #if BM__HAS_CONV(BM_FMT_BINARY) || BM__HAS_CONV(BM_FMT_BINARYBALANCED)
 BM__HOT static void bm__conv_decode_binary(const uint32_t *row, int32_t n, uint32_t k, int32_t *w)
@@ -779,6 +789,94 @@ BM__HOT static void bm__conv_decode_ternary(const uint32_t *row, int32_t n, uint
     } while (++w != end);
 }
 #endif
+#else /* no multiplier */
+/* A shift term: sign neg, shift c = e + k + 5 in [5, 31], as the byte (neg ? c - 32 : c); "conv kernels". */
+BM__INLINE int8_t bm__term(uint32_t neg, uint32_t c)
+{
+    return (int8_t)(neg ? (int32_t)c - 32 : (int32_t)c);
+}
+
+#if BM__HAS_CONV(BM_FMT_BINARY) || BM__HAS_CONV(BM_FMT_BINARYBALANCED)
+BM__HOT static uint32_t bm__conv_terms_binary(const uint32_t *row, uint32_t k, int8_t *t)
+{
+    bm__fields r = {row, 0u, 0u};
+    int8_t *end = t + 9;
+    do                                   /* 1 -> +1, 0 -> -1: one plane */
+        *t = bm__term(bm__next_field(&r, BM_FMT_BINARY_FIELD_BITS) ^ 1u, k + 5u);
+    while (++t != end);
+    return 1;
+}
+#endif
+
+#if BM__HAS_CONV(BM_FMT_TERNARY)
+BM__HOT static uint32_t bm__conv_terms_ternary(const uint32_t *row, uint32_t k, int8_t *t)
+{
+    bm__fields r = {row, 0u, 0u};
+    int8_t *end = t + 9;
+    uint32_t b = 0, trits = 0;
+    do {                                 /* digits 0, 1, 2: 0 = 1 - 1, +1 = 2 - 1, -1 = -2 + 1 */
+        uint32_t q, d;
+        if (trits == 0u) {
+            b = bm__next_field(&r, BM_FMT_TERNARY_FIELD_BITS);
+            trits = 5;
+        }
+        trits--;
+        q = bm__div3(b);
+        d = b - (q + q + q);
+        b = q;
+        t[0] = bm__term(d == 2u, k + 5u + (d != 0u));
+        t[9] = bm__term(d != 2u, k + 5u);
+    } while (++t != end);
+    return 2;
+}
+#endif
+
+#if BM__HAS_CONV(BM_FMT_2BITSYM)
+BM__HOT static uint32_t bm__conv_terms_2bitsym(const uint32_t *row, uint32_t k, int8_t *t)
+{
+    bm__fields r = {row, 0u, 0u};
+    int8_t *end = t + 9;
+    do {                                 /* bit1 sign, bit0 m: +-(2 + (m ? 1 : -1)) */
+        uint32_t f = bm__next_field(&r, BM_FMT_2BITSYM_FIELD_BITS), neg = f >> 1;
+        t[0] = bm__term(neg, k + 6u);
+        t[9] = bm__term(neg ^ (f & 1u) ^ 1u, k + 5u);
+    } while (++t != end);
+    return 2;
+}
+#endif
+
+#if BM__HAS_CONV(BM_FMT_4BITSYM)
+/* +-(2m+1) for m = 0..7 as 2^a + (bit 3 ? -1 : 1) (bits 0..2: a), and for 11 and 13 (m = 5, 6) 8 + 1 plus the
+   extra term 2^(x - 1) (bits 4..5: x, 0 for none): 1 = 2 - 1, 3 = 2 + 1, ..., 11 = 8 + 1 + 2, 15 = 16 - 1. */
+static const uint8_t bm__sym2[8] = {0x09, 0x01, 0x02, 0x0B, 0x03, 0x23, 0x33, 0x0C};
+
+BM__HOT static uint32_t bm__conv_terms_4bitsym(const uint32_t *row, uint32_t k, int8_t *t)
+{
+    bm__fields r = {row, 0u, 0u};
+    int8_t *end = t + 9;
+    do {                                 /* bit3 sign, bits 0..2 m: two planes and the extra terms */
+        uint32_t f = bm__next_field(&r, BM_FMT_4BITSYM_FIELD_BITS), neg = f >> 3, d = bm__sym2[f & 7u];
+        t[0] = bm__term(neg, k + 5u + (d & 7u));
+        t[9] = bm__term(neg ^ ((d >> 3) & 1u), k + 5u);
+        if (d >> 4)
+            t[18] = bm__term(neg, k + 4u + (d >> 4));
+    } while (++t != end);
+    return 2;
+}
+#endif
+
+#if BM__HAS_CONV(BM_FMT_FP130)
+BM__HOT static uint32_t bm__conv_terms_fp130(const uint32_t *row, uint32_t k, int8_t *t)
+{
+    bm__fields r = {row, 0u, 0u};
+    int8_t *end = t + 9;
+    do {                                 /* bit3 sign, bits 0..2 e: +-2^e, one plane */
+        uint32_t f = bm__next_field(&r, BM_FMT_FP130_FIELD_BITS);
+        *t = bm__term(f >> 3, k + 5u + (f & 7u));
+    } while (++t != end);
+    return 1;
+}
+#endif
 #endif /* BM__CONV_MUL */
 
 /* ---- format descriptors: the table ---------------------------------------------------------------------- */
@@ -791,10 +889,12 @@ BM__HOT static void bm__conv_decode_ternary(const uint32_t *row, int32_t n, uint
 #else
 #define BM__COLS(tab_, rows_, rows2_)
 #endif
+/* A conv's weight decoder: the multiply kernels' (decode_), or the shift terms (terms_; NULL for a multiply
+   format, which a build without a multiplier does not have). */
 #if BM__CONV_MUL
-#define BM__DECODE(f) .decode = (f),
+#define BM__DECODE(decode_, terms_) .decode = (decode_),
 #else
-#define BM__DECODE(f)
+#define BM__DECODE(decode_, terms_) .terms = (terms_),
 #endif
 
 /* The table spans the ids up to the largest format that bm_fc or a conv of this build accepts. */
@@ -829,7 +929,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_binary, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_BINARY)
-        BM__DECODE(bm__conv_decode_binary)
+        BM__DECODE(bm__conv_decode_binary, bm__conv_terms_binary)
 #endif
         .per_word = BM_FMT_BINARY_CODES_PER_WORD},
 #endif
@@ -842,7 +942,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_binary, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_BINARYBALANCED)
-        BM__DECODE(bm__conv_decode_binary)
+        BM__DECODE(bm__conv_decode_binary, bm__conv_terms_binary)
 #endif
         .per_word = BM_FMT_BINARYBALANCED_CODES_PER_WORD},
 #endif
@@ -855,7 +955,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_ternary, bm__rows_ternary, NULL)
 #endif
 #if BM__HAS_CONV(BM_FMT_TERNARY)
-        BM__DECODE(bm__conv_decode_ternary)
+        BM__DECODE(bm__conv_decode_ternary, bm__conv_terms_ternary)
 #endif
         .per_word = BM_FMT_TERNARY_CODES_PER_WORD},
 #endif
@@ -868,7 +968,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_2bitsym, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_2BITSYM)
-        BM__DECODE(bm__conv_decode_2bitsym)
+        BM__DECODE(bm__conv_decode_2bitsym, bm__conv_terms_2bitsym)
 #endif
         .per_word = BM_FMT_2BITSYM_CODES_PER_WORD},
 #endif
@@ -881,7 +981,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_4bitsym, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_4BITSYM)
-        BM__DECODE(bm__conv_decode_4bitsym)
+        BM__DECODE(bm__conv_decode_4bitsym, bm__conv_terms_4bitsym)
 #endif
         .per_word = BM_FMT_4BITSYM_CODES_PER_WORD},
 #endif
@@ -894,7 +994,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_4bit, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_4BIT)
-        BM__DECODE(bm__conv_decode_4bit)
+        BM__DECODE(bm__conv_decode_4bit, NULL)
 #endif
         .per_word = BM_FMT_4BIT_CODES_PER_WORD},
 #endif
@@ -904,7 +1004,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         .dot = bm__dot_8bit,
 #endif
 #if BM__HAS_CONV(BM_FMT_8BIT)
-        BM__DECODE(bm__conv_decode_8bit)
+        BM__DECODE(bm__conv_decode_8bit, NULL)
 #endif
         .per_word = BM_FMT_8BIT_CODES_PER_WORD},
 #endif
@@ -917,7 +1017,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_fp130, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_FP130)
-        BM__DECODE(bm__conv_decode_fp130)
+        BM__DECODE(bm__conv_decode_fp130, bm__conv_terms_fp130)
 #endif
         .per_word = BM_FMT_FP130_CODES_PER_WORD},
 #endif
@@ -930,7 +1030,7 @@ static const bm__fmt bm__fmts[BM__FMT_END] = {
         BM__COLS(bm__tab_nf4, bm__rows_nib, bm__rows_nib2)
 #endif
 #if BM__HAS_CONV(BM_FMT_NF4)
-        BM__DECODE(bm__conv_decode_nf4)
+        BM__DECODE(bm__conv_decode_nf4, NULL)
 #endif
         .per_word = BM_FMT_NF4_CODES_PER_WORD},
 #endif
@@ -1004,53 +1104,154 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
    channel at a time through bm__conv_q (int8 outputs requantized with a given shift, for the streaming CNN
    driver), bm__conv_pool (the same with a 2x2 max-pool, or int32 pooled values for the driver's last layer)
    or bm__conv_y (int32 outputs, for bm_conv3x3 and a last layer without a pool). A channel's weights
-   (bm__cw) are its 9 weights decoded once with CONTRACT §3's shift k folded in (BM__CONV_MUL), or its packed
-   row and k for the format's row dot product on each gathered window (bm__conv_win). */
+   (bm__cw) are decoded once with CONTRACT §3's shift k folded in: its 9 weights w * 2^k (BM__CONV_MUL), or,
+   without a multiplier, shift terms.
+   Shift terms: every weight of the multiplier-free formats times 2^k is a sum of 1 to 3 signed powers of two
+   (fp130 +-2^e and binary +-1 one, 2bitsym 2 +- 1 and ternary 1 - 1, 2 - 1, -2 + 1 two, 4bitsym 2^a +- 1 two
+   and for 11 and 13 8 + 1 + 2^e three), so a window is 1 or 2 planes of 9 terms +-(x << c), c = e + k + 5,
+   and a list of the extra third terms with their inputs' offsets in the window (4bitsym only). A term is stored as the byte t = (neg ? c - 32 : c), read sign-extended as the
+   uint32 T, and computed as (x << (T & 31)) ^ T: x << c has 5 low zero bits, so the XOR adds t for a positive
+   term, and for a negative one it is -(x << c) - 32 + c = -(x << c) + t. One shift, one XOR and one add per
+   term, no branch. The accumulator starts at -(the sum of t over the channel's terms), so it ends at 32 * acc *
+   2^k, in uint32 arithmetic (wrapping, x sign-extended: conv1's inputs are signed). That is exact because the
+   true value is small: |32 * acc * 2^k| <= 32 * 9 * 128 * 128 * 2^7 < 2^31 for any int8 window and weight;
+   bm__s32 turns it back to int32; the requantizing kernels take these 32 times larger values as they are
+   (BM__ZS), bm__win divides them exactly (bm__val5). */
+
+/* extra terms: compiled in with the format that has them */
+#define BM__XTERMS (!BM__CONV_MUL && BM__HAS_CONV(BM_FMT_4BITSYM))
 
 typedef struct bm__cw {
 #if BM__CONV_MUL
     int32_t w[9];                 /* weight [dy][dx] * 2^k */
 #else
-    bm__dot_fn dot;               /* the format's row dot product */
-    const uint32_t *row;          /* the channel's packed row */
-    uint32_t k;                   /* and its shift */
+    int8_t t[27];                 /* planes of 9 terms [dy][dx], then the extra terms from t + 18 */
+    const int8_t *end;            /* t + 9 * planes */
+    uint32_t c0;                  /* the accumulator's start: -(sum of the terms' bytes) */
+#if BM__XTERMS
+    const int8_t *xend;           /* the end of the extra terms */
+    uint32_t xo[9];               /* the offset in the window (dy s + dx) of each one's input */
+#endif
 #endif
 } bm__cw;
 
 #if BM__CONV_MUL
+/* The conv sums that bm__conv_q and bm__conv_pool requantize are 2^BM__ZS times the values: an exact
+   multiple, so the requant of y (CONTRACT §4, shift g) is that of 2^BM__ZS y with shift g + BM__ZS and offset
+   ((1 << g) >> 1) << BM__ZS, and the bit length of their OR is BM__ZS more (shift terms: 32 times, below 2^30,
+   and an offset of at most 2^28 keeps the sum inside int32). */
+#define BM__ZS 0
+
 /* The window at p (3 rows of 3 values, s bytes apart) times the weights: acc * 2^k before the ReLU. */
 BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
     return p[0] * cw->w[0] + p[1] * cw->w[1] + p[2] * cw->w[2] + p[s] * cw->w[3] + p[s + 1u] * cw->w[4] +
            p[s + 2u] * cw->w[5] + p[s + s] * cw->w[6] + p[s + s + 1u] * cw->w[7] + p[s + s + 2u] * cw->w[8];
 }
+#define bm__winz bm__win
 #else
-/* The same by the format's row dot product on the gathered window (no multiply). */
-BM__HOT static int32_t bm__conv_win(const int8_t *p, uint32_t s, const bm__cw *cw)
+#define BM__ZS 5
+
+/* v << (T & 31): RISC-V's sll reads only the low 5 bits of the amount, so there the mask costs no instruction
+   (GCC keeps it when one masked amount serves several shifts). */
+#if defined(__GNUC__) && defined(__riscv)
+BM__INLINE uint32_t bm__sll(uint32_t v, uint32_t T)
 {
-    int8_t win[9];
-    const int8_t *q = p + s, *u = q + s;
-    win[0] = p[0]; win[1] = p[1]; win[2] = p[2];
-    win[3] = q[0]; win[4] = q[1]; win[5] = q[2];
-    win[6] = u[0]; win[7] = u[1]; win[8] = u[2];
-    return bm__out_shift(cw->dot(cw->row, win, 9), cw->k, 0);
+    uint32_t r;
+    __asm__("sll %0, %1, %2" : "=r"(r) : "r"(v), "r"(T));
+    return r;
+}
+#else
+#define bm__sll(v, T) ((v) << ((T) & 31u))
+#endif
+
+/* Input v times the term T (the term's byte sign-extended): +-(v << c) + t, wrapping. */
+#define BM__TERM(v, T) (bm__sll((uint32_t)(v), (T)) ^ (T))
+
+/* An accumulator 32 * a (wrapping, |32 a| < 2^31) as the int32 32 * a, written without converting an
+   out-of-range unsigned value (CONTRACT §10.6); the compiler makes it a move. */
+BM__INLINE int32_t bm__s32(uint32_t u)
+{
+    return u < 0x80000000u ? (int32_t)u : -(int32_t)~u - 1;
 }
 
+/* a of z = 32 * a, in sign-magnitude form (a right shift of a non-negative value only) */
+BM__INLINE int32_t bm__val5(int32_t z)
+{
+    return z >= 0 ? z >> 5 : -((-z) >> 5);
+}
+
+/* The window at p (3 rows of 3 values, s bytes apart) through every plane: 32 * acc * 2^k, wrapping. Only
+   bm__conv_y and an odd last output use it: a function, one row of a plane at a time (small code). */
+BM__HOT static uint32_t bm__terms9(const int8_t *p, uint32_t s, const bm__cw *cw)
+{
+    const int8_t *t = cw->t, *q = p;
+    uint32_t a = cw->c0, dy = 0;
+    do {
+        a += BM__TERM(q[0], (uint32_t)t[0]) + BM__TERM(q[1], (uint32_t)t[1]) + BM__TERM(q[2], (uint32_t)t[2]);
+        q += s;
+        t += 3;
+        if (++dy == 3u) {                 /* the next plane */
+            dy = 0;
+            q = p;
+        }
+    } while (t != cw->end);
+#if BM__XTERMS
+    {
+        const uint32_t *xo = cw->xo;
+        for (t = cw->t + 18; t != cw->xend; t++)
+            a += BM__TERM(p[*xo++], (uint32_t)*t);
+    }
+#endif
+    return a;
+}
+
+/* 32 * acc * 2^k: the requantizing kernels take the values times 2^BM__ZS */
+BM__INLINE int32_t bm__winz(const int8_t *p, uint32_t s, const bm__cw *cw)
+{
+    return bm__s32(bm__terms9(p, s, cw));
+}
+
+/* acc * 2^k before the ReLU, as bm__win of a core that multiplies */
 BM__INLINE int32_t bm__win(const int8_t *p, uint32_t s, const bm__cw *cw)
 {
-    return bm__conv_win(p, s, cw);
+    return bm__val5(bm__winz(p, s, cw));
 }
 #endif
 
-/* cw for a row of format fmt (in BM_CFG_CONV_FORMATS) with shift k. */
-static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
+/* cw for a row of format fmt (in BM_CFG_CONV_FORMATS) with shift k, on a map with rows s bytes apart. */
+static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k, uint32_t s)
 {
 #if BM__CONV_MUL
+    (void)s;
     bm__fmts[fmt].decode(row, 9, k, cw->w);
 #else
-    cw->dot = bm__fmts[fmt].dot;
-    cw->row = row;
-    cw->k = k;
+    const int8_t *t = cw->t;
+    uint32_t sum = 0, planes;
+#if BM__XTERMS
+    int8_t *x = cw->t + 18;
+    uint32_t dy, dx, off = 0, *xo = cw->xo;
+    for (dx = 0; dx < 9u; dx++)
+        x[dx] = 0;                        /* no extra term unless the decoder writes one */
+#else
+    (void)s;
+#endif
+    planes = bm__fmts[fmt].terms(row, k, cw->t);
+    cw->end = t + (planes << 3) + planes;
+    for (; t != cw->end; t++)
+        sum += (uint32_t)*t;
+#if BM__XTERMS
+    t = x;                                /* the extra terms, moved to the front of their 9 bytes */
+    for (dy = 0; dy < 3u; dy++, off += s - 3u)
+        for (dx = 0; dx < 3u; dx++, off++, t++)
+            if (*t != 0) {
+                sum += (uint32_t)*t;
+                *x++ = *t;
+                *xo++ = off;
+            }
+    cw->xend = x;
+#endif
+    cw->c0 = 0u - sum;
 #endif
 }
 
@@ -1059,8 +1260,8 @@ static void bm__cw_set(bm__cw *cw, int32_t fmt, const uint32_t *row, uint32_t k)
    r < nr, c < nc, y = max(0, window (r, c) . w * 2^k) and out[r s + c] = min((y + ((1 << g) >> 1)) >> g, 127).
    x and out are maps with rows s bytes apart (x has nr + 2 rows of nc + 2 values, nc >= 1); out may equal x:
    the window (r, c) is the last one to read x[r s + c]. Returns the bitwise OR of every y, whose bit length is
-   that of their maximum, which is all ShiftNorm's shift depends on. With BM__CONV_MUL two neighbouring outputs
-   are computed together: each weight is loaded once for both, and of their 3x4 inputs each once. */
+   that of their maximum, which is all ShiftNorm's shift depends on. Two neighbouring outputs are computed
+   together: each weight (or term) is loaded once for both, and of their 3x4 inputs each once (per plane). */
 
 /* One value y requantized with shift g (half = (1 << g) >> 1): min((max(y, 0) + half) >> g, 127); a positive
    y is ORed into *top. */
@@ -1076,12 +1277,12 @@ BM__INLINE int8_t bm__requant1(int32_t y, int32_t half, uint32_t g, uint32_t *to
     return (int8_t)v;
 }
 
-#if BM__CONV_MUL
 #if defined(__GNUC__)
 #define BM__FRESH(ptr) __asm__("" : "+r"(ptr))
 #else
 #define BM__FRESH(ptr) ((void)0)
 #endif
+#if BM__CONV_MUL
 /* a0 += row t[0..2] . w[0..2] and a1 += row t[1..3] . w[0..2] */
 #define BM__ROW2(a0, a1, t, w)                                                                       \
     do {                                                                                             \
@@ -1095,13 +1296,32 @@ BM__INLINE int8_t bm__requant1(int32_t y, int32_t half, uint32_t g, uint32_t *to
         a0 += (t)[2] * wk_;                                                                          \
         a1 += (t)[3] * wk_;                                                                          \
     } while (0)
+#else
+/* a0 += the terms w[0..2] of row t[0..2], a1 += those of t[1..3] (wrapping). BM__FRESH on the sums after each
+   term makes the compiler add it in before the next one: it would otherwise shift all 18 inputs first and spill
+   them (RV32E has 16 registers). */
+#define BM__TAP2(a0, a1, t, w, j)                                                                    \
+    do {                                                                                             \
+        uint32_t wk_ = (uint32_t)(w)[j];                                                             \
+        a0 += BM__TERM((t)[j], wk_);                                                                 \
+        a1 += BM__TERM((t)[(j) + 1], wk_);                                                           \
+        BM__FRESH(a0);                                                                               \
+        BM__FRESH(a1);                                                                               \
+    } while (0)
+#define BM__ROW2(a0, a1, t, w)                                                                       \
+    do {                                                                                             \
+        BM__TAP2(a0, a1, t, w, 0);                                                                   \
+        BM__TAP2(a0, a1, t, w, 1);                                                                   \
+        BM__TAP2(a0, a1, t, w, 2);                                                                   \
+    } while (0)
 #endif
 
 BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
                                    const bm__cw *cw, uint32_t g)
 {
-    int32_t half = ((int32_t)1 << g) >> 1;
+    int32_t half = (((int32_t)1 << g) >> 1) << BM__ZS;
     uint32_t top = 0;
+    g += BM__ZS;
     for (; nr > 0u; nr--, x += s, out += s) {
         const int8_t *p = x, *end = x + nc;
         int8_t *o = out;
@@ -1119,17 +1339,42 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
             o[0] = bm__requant1(a0, half, g, &top);
             o[1] = bm__requant1(a1, half, g, &top);
         }
-        if (nc & 1u) {                    /* an odd last output */
-            *o = bm__requant1(bm__win(p, s, cw), half, g, &top);
-        }
 #else
-        do {
-            *o = bm__requant1(bm__win(p, s, cw), half, g, &top);
-            o++;
-        } while (++p != end);
+        for (end -= nc & 1u; p != end; p += 2, o += 2) {
+            const int8_t *w = cw->t;
+            uint32_t a0 = cw->c0, a1 = a0;
+            do {                          /* every plane */
+                const int8_t *t = p;
+                BM__FRESH(t);             /* the inputs are read again for each plane, not held */
+                BM__ROW2(a0, a1, t, w);
+                t += s;
+                BM__FRESH(t);
+                BM__ROW2(a0, a1, t, w + 3);
+                t += s;
+                BM__FRESH(t);
+                BM__ROW2(a0, a1, t, w + 6);
+                w += 9;
+            } while (w != cw->end);
+#if BM__XTERMS
+            {
+                const uint32_t *xo = cw->xo;
+                for (w = cw->t + 18; w != cw->xend; w++) {
+                    const int8_t *t = p + *xo++;
+                    uint32_t wk = (uint32_t)*w;
+                    a0 += BM__TERM(t[0], wk);
+                    a1 += BM__TERM(t[1], wk);
+                }
+            }
 #endif
+            o[0] = bm__requant1(bm__s32(a0), half, g, &top);
+            o[1] = bm__requant1(bm__s32(a1), half, g, &top);
+        }
+#endif
+        if (nc & 1u) {                    /* an odd last output */
+            *o = bm__requant1(bm__winz(p, s, cw), half, g, &top);
+        }
     }
-    return top;
+    return top >> BM__ZS;
 }
 
 #if BM__CONV_MUL
@@ -1152,6 +1397,26 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
         b0 += (u)[2] * wk_;                                                                          \
         b1 += (u)[3] * wk_;                                                                          \
     } while (0)
+#else
+/* the same with terms: a0, a1 from row t, b0, b1 from row u (wrapping), one term at a time (BM__TAP2) */
+#define BM__TAP4(a0, a1, b0, b1, t, u, w, j)                                                         \
+    do {                                                                                             \
+        uint32_t wk_ = (uint32_t)(w)[j];                                                             \
+        a0 += BM__TERM((t)[j], wk_);                                                                 \
+        a1 += BM__TERM((t)[(j) + 1], wk_);                                                           \
+        b0 += BM__TERM((u)[j], wk_);                                                                 \
+        b1 += BM__TERM((u)[(j) + 1], wk_);                                                           \
+        BM__FRESH(a0);                                                                               \
+        BM__FRESH(a1);                                                                               \
+        BM__FRESH(b0);                                                                               \
+        BM__FRESH(b1);                                                                               \
+    } while (0)
+#define BM__ROW4(a0, a1, b0, b1, t, u, w)                                                            \
+    do {                                                                                             \
+        BM__TAP4(a0, a1, b0, b1, t, u, w, 0);                                                        \
+        BM__TAP4(a0, a1, b0, b1, t, u, w, 1);                                                        \
+        BM__TAP4(a0, a1, b0, b1, t, u, w, 2);                                                        \
+    } while (0)
 #endif
 
 /* bm__conv_q followed by the 2x2 max-pool, for r < nr, c < nc pooled outputs: P = max(0, the 4 values of
@@ -1161,8 +1426,9 @@ BM__HOT static uint32_t bm__conv_q(const int8_t *x, int8_t *out, uint32_t s, uin
 BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, uint32_t nr, uint32_t nc,
                                       const bm__cw *cw, uint32_t g, int32_t *o32)
 {
-    int32_t half = ((int32_t)1 << g) >> 1;
+    int32_t half = (((int32_t)1 << g) >> 1) << BM__ZS;
     uint32_t top = 0;
+    g += BM__ZS;
     for (; nr > 0u; nr--, x += s + s) {
         const int8_t *p = x;
         int8_t *o = out;                  /* NULL with o32 (a single conv layer has no m->chan) */
@@ -1185,10 +1451,40 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
             BM__FRESH(u);
             BM__ROW4(a0, a1, b0, b1, t, u, cw->w + 6);
 #else
-            a0 = bm__win(p, s, cw);
-            a1 = bm__win(p + 1, s, cw);
-            b0 = bm__win(p + s, s, cw);
-            b1 = bm__win(p + s + 1, s, cw);
+            const int8_t *w = cw->t;
+            uint32_t c0 = cw->c0, c1 = c0, d0 = c0, d1 = c0;
+            do {                          /* every plane */
+                const int8_t *t = p, *u = p + s;
+                BM__FRESH(t);             /* the inputs are read again for each plane, not held */
+                BM__FRESH(u);
+                BM__ROW4(c0, c1, d0, d1, t, u, w);
+                t = u;
+                u += s;
+                BM__FRESH(u);
+                BM__ROW4(c0, c1, d0, d1, t, u, w + 3);
+                t = u;
+                u += s;
+                BM__FRESH(u);
+                BM__ROW4(c0, c1, d0, d1, t, u, w + 6);
+                w += 9;
+            } while (w != cw->end);
+#if BM__XTERMS
+            {
+                const uint32_t *xo = cw->xo;
+                for (w = cw->t + 18; w != cw->xend; w++) {
+                    const int8_t *t = p + *xo++, *u = t + s;
+                    uint32_t wk = (uint32_t)*w;
+                    c0 += BM__TERM(t[0], wk);
+                    c1 += BM__TERM(t[1], wk);
+                    d0 += BM__TERM(u[0], wk);
+                    d1 += BM__TERM(u[1], wk);
+                }
+            }
+#endif
+            a0 = bm__s32(c0);             /* 2^BM__ZS times the values */
+            a1 = bm__s32(c1);
+            b0 = bm__s32(d0);
+            b1 = bm__s32(d1);
 #endif
             a0 = a1 > a0 ? a1 : a0;
             b0 = b1 > b0 ? b1 : b0;
@@ -1196,14 +1492,14 @@ BM__HOT static uint32_t bm__conv_pool(const int8_t *x, int8_t *out, uint32_t s, 
             if (o32 != NULL) {
                 a0 = a0 > 0 ? a0 : 0;
                 top |= (uint32_t)a0;
-                *o32++ = a0;
+                *o32++ = a0 >> BM__ZS;
             } else {
                 *o = bm__requant1(a0, half, g, &top);
                 o++;
             }
         }
     }
-    return top;
+    return top >> BM__ZS;
 }
 #endif /* BM_CFG_CNN */
 
@@ -1287,7 +1583,7 @@ bm_status bm_conv3x3(const int8_t *x, int32_t c_in, int32_t h, int32_t w, const 
         uint32_t k = out_shifts != NULL ? out_shifts[c] : 0u;
         if (cpg == 1) {
             bm__cw cw;
-            bm__cw_set(&cw, fmt, words, k);
+            bm__cw_set(&cw, fmt, words, k, (uint32_t)w);
             bm__conv_y(x, (uint32_t)w, (uint32_t)(h - 2), (uint32_t)(w - 2), &cw, relu, out);
         } else
             bm__conv_wide(x, cpg, h, w, words, fmt, k, relu, out);
@@ -1536,11 +1832,11 @@ static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, 
     }
 }
 
-/* cw: channel c's weights in layer lay. */
-static void bm__cnn_weights(bm__cw *cw, const bm_layer *lay, uint32_t c)
+/* cw: channel c's weights in layer lay, on maps with rows N bytes apart. */
+static void bm__cnn_weights(const bm__cnn *st, bm__cw *cw, const bm_layer *lay, uint32_t c)
 {
     bm__cw_set(cw, lay->format, lay->words + bm__umul(c, lay->row_words),
-               lay->out_shifts != NULL ? lay->out_shifts[c] : 0u);
+               lay->out_shifts != NULL ? lay->out_shifts[c] : 0u, st->nn);
 }
 
 /* Layer lay (not the last) of channel c on map x: conv, ReLU, << k, its pool if any, then requant with shift g
@@ -1549,7 +1845,7 @@ static uint32_t bm__cnn_hidden(const bm__cnn *st, const bm_layer *lay, const int
 {
     uint32_t h = lay->in_h - 2u, w = lay->in_w - 2u, top;
     bm__cw cw;
-    bm__cnn_weights(&cw, lay, c);
+    bm__cnn_weights(st, &cw, lay, c);
     if (lay->pool)                        /* a pool drops an odd last row and column: not computed */
         top = bm__conv_pool(x, st->m->chan, st->nn, h >> 1, w >> 1, &cw, g, NULL);
     else
@@ -1567,7 +1863,7 @@ static uint32_t bm__cnn_last(const bm__cnn *st, const bm_layer *lay, const int8_
     uint8_t *f = st->cache + bm__umul(c, plane);
     int32_t top, a;
     bm__cw cw;
-    bm__cnn_weights(&cw, lay, c);
+    bm__cnn_weights(st, &cw, lay, c);
     if (lay->pool)
         top = (int32_t)bm__conv_pool(x, st->m->chan, st->nn, h >> 1, w >> 1, &cw, 0, st->m->acc);
     else {

@@ -66,8 +66,11 @@
      row of outputs) or four (a 2x2 block) neighbouring outputs; the CNN driver's kernels requantize
      each value with the layer's guessed shift as it is computed (bm__conv_q), or, for a layer with a
      pool, take each 2x2 block's maximum and requantize that once (bm__conv_pool), writing int8 in
-     place of the channel's map. With BM_CFG_NO_MULTIPLY each 3x3 window is gathered for the format's
-     row dot product instead. The loops (bm__conv_*) are functions of their own for SRAM placement.
+     place of the channel's map. With BM_CFG_NO_MULTIPLY the channel's weights times 2^k are decoded
+     once into 1 or 2 planes of 9 signed power-of-two terms (fp130 and binary 1, 2bitsym, ternary and
+     4bitsym 2, and a 4bitsym 11 or 13 one extra term), 36 bytes of stack (76 with 4bitsym), and each term
+     costs a shift, an XOR and an add, with the same two or four outputs per term load (bitmcu.c, "conv
+     kernels", says why it is exact). The loops (bm__conv_*) are functions of their own for SRAM placement.
 
    FORMATS
      Each weight format is described once: bitmcu.h's BM_FMT_x_FIELD_BITS and BM_FMT_x_CODES_PER_WORD (and

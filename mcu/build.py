@@ -32,6 +32,7 @@ from contract.layout import layout
 from contract.model import PackedModel
 from engine.header import format_masks, render_header
 from mcu.analysis import FirmwareError, Program, SizeReport, analyse, no_multiply_scan, stack_bound
+from mcu.fit import demo_build
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "mcu" / "src"
@@ -67,7 +68,7 @@ class Firmware:
         if self.target in CHIPS and CHIPS[self.target].family != "riscv":
             raise FirmwareError(f"{self.where}: mcu.target {self.target} is a {CHIPS[self.target].family} part; "
                                 f"the firmware stage builds for the RISC-V chips {', '.join(RISCV_NAMES)} "
-                                "(Padauk parts build and run with mcu.padauk.sim)")
+                                "(Padauk parts: mcu/padauk/firmware.py)")
         if self.target not in CHIPS or self.mode not in SOURCES or self.kernels not in ("sram", "flash"):
             raise FirmwareError(f"{self.where}: unknown firmware target/mode/kernels "
                                 f"{self.target}/{self.mode}/{self.kernels}")
@@ -280,18 +281,8 @@ def _functions(obj: Path) -> set[str]:
 def build_demo(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray, labels: np.ndarray,
                count: int) -> Build:
     """Demo firmware with the first `count` images, or with as many as fit in flash when count is 0."""
-    if count:
-        if count > len(images):
-            raise FirmwareError(f"{fw.where}: mcu.demo_images: {count} requested, the test set has {len(images)}")
-        return build(fw, model, out, images[:count], labels[:count])
-    b = build(fw, model, out, images[:1], labels[:1], gate=False)
-    if b.sizes.flash_used <= b.sizes.flash_limit:
-        room = (b.sizes.flash_limit - b.sizes.flash_used) // b.image_bytes
-        n = min(len(images), 1 + room)
-        while n > 1:       # the label array's alignment can cost a few bytes: step down until it fits
-            b = build(fw, model, out, images[:n], labels[:n], gate=False)
-            if b.sizes.flash_used <= b.sizes.flash_limit:
-                break
-            n -= 1
+    b = demo_build(lambda n: build(fw, model, out, images[:n], labels[:n], gate=False),
+                   lambda x: x.sizes.flash_limit - x.sizes.flash_used, int(images[0].size) + 1, len(images),
+                   count, fw.where, FirmwareError)
     b.check()
     return b

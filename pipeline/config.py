@@ -15,10 +15,11 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from contract.chips import CHIPS, PADAUK_NAMES, RISCV_NAMES
+from contract.chips import CHIP_NAMES, CHIPS, RISCV_NAMES, Chip
 from contract.errors import UserError
 from contract.formats import FORMAT_NAMES, FORMATS
 from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALINGS, model_problems
+from mcu.padauk import header as padauk
 
 
 MNIST_TRAIN = 60000                # training images in MNIST
@@ -31,6 +32,13 @@ def cuda_present() -> bool:
 
 class ConfigError(UserError):
     pass
+
+
+def _chip_text(c: Chip) -> str:
+    """mcu.target's line for one chip: ISA, multiplier, memories."""
+    flash = f"{c.rom_words:,} words ROM" if c.family == "padauk" else f"{c.flash // 1024} KB flash"
+    ram = f"{c.ram} B RAM" if c.ram < 1024 else f"{c.ram // 1024} KB RAM"
+    return f"{c.name} ({c.isa}, {'a' if c.multiplier else 'no'} multiplier, {flash}, {ram})"
 
 
 @dataclass(frozen=True)
@@ -127,22 +135,21 @@ _KEYS: list[Key] = [
         "a BitNetMCU checkpoint (.pth) that the train stage converts instead of training; its content "
         "enters the store key"),
     # deployment
-    Key("mcu.target", "str", RISCV_NAMES[0], "chip: " + ", ".join(
-        f"{c.name} ({c.isa}, {'a' if c.multiplier else 'no'} multiplier, {c.flash // 1024} KB flash, "
-        f"{c.ram // 1024} KB RAM)" for c in (CHIPS[n] for n in RISCV_NAMES)) + " (the Padauk "
-        f"{' and '.join(PADAUK_NAMES)} run in mcu/padauk's simulator, not yet in the pipeline)",
-        choices=RISCV_NAMES),
+    Key("mcu.target", "str", RISCV_NAMES[0], "chip: " + ", ".join(_chip_text(CHIPS[n]) for n in CHIP_NAMES)
+        + "; the Padauk parts run demo firmware of FC models in the simulator spdk (docs/padauk.md)",
+        choices=CHIP_NAMES),
     Key("mcu.mode", "str", "demo", "firmware: demo (embedded test images, prints results) or serial "
-        "(classifies images sent over USART1, mcu/protocol.py)", choices=("demo", "serial")),
-    Key("mcu.demo_images", "int", 0, "test images embedded by the demo firmware; 0 = as many as fit in flash",
+        "(classifies images sent over USART1, mcu/protocol.py; RISC-V only)", choices=("demo", "serial")),
+    Key("mcu.demo_images", "int", 0, "test images embedded by the demo firmware; 0 = as many as fit in flash "
+        "(Padauk: in ROM)",
         lo=0, hi=10000),
     Key("mcu.kernels", "str", "sram", "where the inference kernels run: sram (copied at boot, no flash wait "
-        "states) or flash", choices=("sram", "flash")),
+        "states) or flash; RISC-V only, ignored on Padauk (its code runs from its one program memory)", choices=("sram", "flash")),
     Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
-        "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none",
+        "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none; RISC-V only",
         choices=tuple(dict.fromkeys(p for n in RISCV_NAMES for p in CHIPS[n].pins)), min_len=0, max_len=8),
     Key("mcu.segment_active_low", "bool", False, "true for a common-anode display (a segment lights when its "
-        "pin is low)"),
+        "pin is low); RISC-V only, ignored on Padauk"),
     Key("mcu.port", "path", None, "serial port of the board's USART1 (USB-serial adapter) for `doit monitor` "
         "and `doit demo` (`python -m pipeline.send` takes --port); null = the first /dev/ttyUSB* or /dev/ttyACM*", runtime=True),
 ]
@@ -183,6 +190,9 @@ def chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Config rule: every format of quant.formats runs on mcu.target (a chip without a multiplier takes only
     multiplier-free formats). The search checks its format choices with it too."""
     chip = CHIPS[v["mcu.target"]]
+    if chip.family == "padauk":       # the SDCC engine's own list (multiplier-free, byte packed)
+        return [("quant.formats" if what == "formats" else "model.kind", f"mcu.target {chip.name}: {msg}")
+                for what, msg in padauk.problems(v["model.kind"], [f for f in v["quant.formats"] if f != "none"])]
     if chip.multiplier:
         return []
     bad = sorted({f for f in v["quant.formats"] if f != "none" and not FORMATS[f].multiplier_free})
@@ -194,8 +204,24 @@ def chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
              f"(allowed: {free}; or mcu.target: {with_mul})")]
 
 
+def _riscv_only(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A Padauk part runs demo firmware only and drives no display: the RISC-V firmware's choices are refused
+    rather than silently dropped (mcu.kernels and mcu.segment_active_low choose nothing there: ignored)."""
+    chip = CHIPS[v["mcu.target"]]
+    if chip.family == "riscv":
+        return []
+    out = []
+    if v["mcu.mode"] != "demo":
+        out.append(("mcu.mode", f"{v['mcu.mode']}: mcu.target {chip.name} runs demo firmware only (allowed: demo; "
+                    f"serial needs one of {', '.join(RISCV_NAMES)})"))
+    if v["mcu.segment_pins"]:
+        out.append(("mcu.segment_pins", f"mcu.target {chip.name} drives no 7-segment display (allowed: []; "
+                    f"the pins are for {', '.join(RISCV_NAMES)})"))
+    return out
+
+
 RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [
-    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, chip_formats]
+    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, chip_formats, _riscv_only]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ stage, the same engine code) for the same embedded test images, and the two SysT
 inference give its exact instruction count and estimated cycles (mcu/cycles.py). Serial firmware gets
 the first SERIAL_IMAGES test images as IMAGE frames (mcu/protocol.py); class and every logit must equal
 the C engine's, and its RESULT frames carry the cycles.
+
+Padauk demo firmware runs in ucsim's `spdk` (mcu/padauk/sim.py), which stops after every embedded image:
+its class and every logit must equal the C engine's (a table of the images that differ fails the stage),
+the measured stack must fit the RAM, and the simulator's ticks per image give the cycles per inference.
 """
 from __future__ import annotations
 
@@ -18,11 +22,15 @@ from contract.errors import UserError
 from engine.build import load_library, run_c
 from mcu import protocol
 from mcu.emulator import Emulator
+from mcu.padauk import sim
 from pipeline.stage import summary
 from pipeline.stages import firmware, library
 from pipeline.stages.data import mnist_test
+from pipeline.stages.export import model as exported_model
 
 SERIAL_IMAGES = 10
+CHUNK = 20_000_000         # instructions per emulator call between progress checks
+STALL = 200_000_000        # instructions without a new result line: the firmware counts as hung
 LINE = re.compile(r"img (\d+) pred (\d+) label (\d+) cycles (\d+)")
 
 
@@ -35,12 +43,28 @@ def _stats(values: list[float]) -> dict[str, float]:
             "max": round(float(np.max(values)), 1)}
 
 
-def _demo(emu: Emulator, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib) -> dict[str, Any]:
+def _run_demo(emu: Emulator, n: int, log) -> str:
+    """Run the demo firmware to its end in chunks, logging progress; a firmware that prints no new result line
+    for STALL instructions is stopped (a CNN's inference takes millions, so no fixed total limit fits all)."""
+    done, stalled = 0, 0
+    while (reason := emu.run(CHUNK)) == "limit":
+        now = bytes(emu.tx).count(b"\r\nimg ")
+        stalled = 0 if now > done else stalled + CHUNK
+        if stalled >= STALL:
+            break
+        if now > done:
+            log(f"{now} of {n} images")
+        done = now
+    return reason
+
+
+def _demo(emu: Emulator, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib, log) -> dict[str, Any]:
     n = int(fw["images"])
-    reason = emu.run()
+    reason = _run_demo(emu, n, log)
     text = bytes(emu.tx).decode("ascii", errors="replace")
     if reason != "halt":
-        raise EmulateError(f"demo firmware did not finish ({reason}); its output:\n{text}")
+        why = f"no new result line in {STALL:,} instructions" if reason == "limit" else reason
+        raise EmulateError(f"demo firmware did not finish ({why}); its output:\n{text}")
     rows = [LINE.fullmatch(line) for line in text.split("\r\n")[1:n + 1]]
     if len(rows) != n or not all(rows) or [int(r.group(1)) for r in rows] != list(range(n)):
         raise EmulateError(f"demo output does not have one line per image (expected {n}):\n{text}")
@@ -89,15 +113,50 @@ def _serial(emu: Emulator, images: np.ndarray, labels: np.ndarray, lib) -> dict[
                 instructions_per_frame=_stats(instr))
 
 
+def _mismatch_table(idx: np.ndarray, labels: np.ndarray, got: sim.Result, want: dict[str, np.ndarray]) -> str:
+    lines = [f"  {'image':>5} {'label':>5} {'spdk':>4} {'C':>4}  logits spdk / C"]
+    lines += [f"  {i:>5} {labels[i]:>5} {got.preds[i]:>4} {want['preds'][i]:>4}  {got.logits[i].tolist()} / "
+              f"{want['logits'][i].tolist()}" for i in idx[:20]]
+    return "\n".join(lines + ([f"  ... and {idx.size - 20} more"] if idx.size > 20 else []))
+
+
+def _padauk(ctx, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib, weights: int) -> dict:
+    model = exported_model(ctx.input("export"))
+    n = int(fw["images"])
+    b = sim.load(firmware.build_dir(ctx.input("firmware")), model, fw["target"], n)
+    ctx.log(f"running the {fw['target']} demo firmware ({n} test images) in spdk")
+    got = sim.run(b, model.num_classes)
+    want = run_c(lib, images[:n], trace=False)
+    bad = np.flatnonzero((got.preds != want["preds"]) | (got.logits != want["logits"]).any(axis=1))
+    if bad.size:
+        raise EmulateError(f"{fw['target']} in spdk: {bad.size} of {n} images differ from the C engine "
+                           f"(class or logits):\n{_mismatch_table(bad, labels, got, want)}")
+    clock = CHIPS[fw["target"]].clock_hz
+    ticks = _stats(got.ticks.tolist())
+    correct = int((got.preds == labels[:n]).sum())
+    res = dict(images=n, correct=correct, accuracy=round(correct / n, 4), predictions_match=True,
+               target=fw["target"], mode="demo", weights=weights, ticks=ticks, cycles=ticks,
+               cycles_per_weight=round(ticks["mean"] / weights, 2), clock_hz=clock,
+               ms_per_inference=round(ticks["mean"] / (clock / 1000), 3), startup_ticks=got.startup_ticks,
+               stack_bytes=got.stack_bytes, ram_used=got.ram_used, ram_limit=CHIPS[fw["target"]].ram)
+    ctx.log(f"{n} images, classes and logits equal the C engine's; {ticks['mean']:,.0f} ticks per inference "
+            f"(min {ticks['min']:,.0f}, max {ticks['max']:,.0f}; {res['ms_per_inference']} ms at "
+            f"{clock / 1e6:g} MHz), {correct} of {n} correct, RAM {got.ram_used} of {res['ram_limit']} B with the "
+            f"measured stack ({got.stack_bytes} B)")
+    return res
+
+
 def run(ctx) -> dict:
     fw = summary(ctx.input("firmware"))
     images, labels = mnist_test(ctx.input("data"))
     lib = load_library(library.library(ctx.input("library")))
     weights = int(summary(ctx.input("export"))["weights"])
+    if CHIPS[fw["target"]].family == "padauk":
+        return _padauk(ctx, fw, images, labels, lib, weights)
     emu = Emulator(firmware.elf(ctx.input("firmware")), fw["target"], profile=True)
     ctx.log(f"running {fw['mode']} firmware for {fw['target']} (kernels in {fw['kernels']}) in the emulator")
     if fw["mode"] == "demo":
-        res = _demo(emu, fw, images, labels, lib)
+        res = _demo(emu, fw, images, labels, lib, ctx.log)
     else:
         res = _serial(emu, images[:SERIAL_IMAGES], labels[:SERIAL_IMAGES], lib)
     c = res["cycles"]["mean"]

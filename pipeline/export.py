@@ -39,7 +39,9 @@ def layer_table(model: packed.PackedModel) -> tuple[list[dict[str, Any]], dict[s
     chip = CHIPS[model.target]
     totals = dict(weights=sum(r["weights"] for r in rows), flash_bytes=model.sizes["flash_bytes"],
                   peak_ram_bytes=model.sizes["ram_bytes"], target=chip.name,
-                  target_flash_bytes=chip.flash, target_ram_bytes=chip.ram)
+                  # padauk: a constant byte costs a ROM word, so the words are the model bytes the ROM holds
+                  target_flash_bytes=chip.flash if chip.family == "riscv" else chip.rom_words,
+                  target_ram_bytes=chip.ram)
     return rows, totals
 
 

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import yaml
 
+from contract.chips import CHIPS, RISCV_NAMES
 from contract.spec import HIDDEN_LAYERS, KINDS, model_spec
 from pipeline import config
 from pipeline.config import SCHEMA, ConfigError
@@ -265,6 +266,9 @@ def load(path: str | Path, store_root: Path, stages: Sequence[Stage], storage: s
             raise ConfigError(f"{where}.base: {spec['base']}: the preset the trials start from cannot be "
                               f"used:\n{e}") from None
     values = config.from_values({**base, **config.flatten(tree)}, name=p.stem, path=str(p)).values
+    if CHIPS[values["mcu.target"]].family != "riscv":   # the fit check builds RISC-V firmware
+        raise ConfigError(f"{p}: mcu.target: {values['mcu.target']}: a search runs for the RISC-V chips "
+                          f"(allowed: {', '.join(RISCV_NAMES)}); size a Padauk model by hand (docs/padauk.md)")
     if not values["train.val_images"]:
         raise ConfigError(f"{p}: train.val_images: 0, but a search chooses by the validation accuracy and never by "
                           "the test set (allowed: 1 or more held-out images, e.g. 5000)")

@@ -97,6 +97,7 @@ NEEDS: dict[str, Callable[[], str | None]] = {
 }
 FIXTURE_NEEDS = {"mnist_dir": "mnist", "tiny_pipeline": "mnist"}  # a test using the fixture carries the marker
 STAGE_NEEDS = {"data": "mnist", "firmware": "riscv"}                # and a stage needs what its inputs need
+PADAUK_STAGE_NEEDS = {"data": "mnist", "firmware": "sdcc", "emulate": "spdk"}   # for a Padauk mcu.target
 
 
 @functools.cache
@@ -180,7 +181,9 @@ def tiny_pipeline(tmp_path_factory):
     def build(upto: str = "report", cfg=None, root: Path | None = None):
         plan = Plan.make(cfg if cfg is not None else config.load(TINY), Store(root or shared))
         stages = upstream(plan, upto)
-        needs = {STAGE_NEEDS[s] for s in stages if s in STAGE_NEEDS}
+        from contract.chips import CHIPS
+        table = PADAUK_STAGE_NEEDS if CHIPS[plan.cfg["mcu.target"]].family == "padauk" else STAGE_NEEDS
+        needs = {table[s] for s in stages if s in table}
         unmarked = sorted(needs - set(_needs(_current))) if _current is not None else []
         if unmarked:
             pytest.fail(f"{_current.nodeid} builds the stage {upto}, which needs {', '.join(unmarked)}: mark it "

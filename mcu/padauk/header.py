@@ -10,6 +10,7 @@ int16 where all fit in 16 bits, else int32. The text is deterministic. numpy onl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 
@@ -39,15 +40,26 @@ def row_bytes(n_in: int, fmt: str) -> int:
     return -(-n_in // per_byte)
 
 
+def problems(kind: str, formats: Iterable[str]) -> list[tuple[str, str]]:
+    """(what, problem) for each thing the SDCC engine cannot run: a kind other than fc, a format outside
+    FORMATS_PDK. The config (model.kind, quant.formats) and check() both ask here."""
+    out = []
+    if kind != "fc":
+        out.append(("kind", f"the padauk engine runs fully connected models; got kind {kind!r} (allowed: fc)"))
+    bad = sorted(set(formats) - set(FORMATS_PDK))
+    if bad:
+        out.append(("formats", f"the padauk engine does not run format {', '.join(bad)} "
+                               f"(allowed: {', '.join(FORMATS_PDK)})"))
+    return out
+
+
 def check(model: PackedModel) -> None:
     """Raise ValueError unless the model is sound and the SDCC engine runs it (FC, byte-packed
     multiplier-free formats)."""
     model.check()
-    if model.kind != "fc":
-        raise ValueError(f"padauk engine: runs fully connected models; got kind {model.kind!r}")
-    bad = sorted({lay.format for lay in model.layers} - set(FORMATS_PDK))
-    if bad:
-        raise ValueError(f"padauk engine: format {', '.join(bad)} not supported (allowed: {', '.join(FORMATS_PDK)})")
+    found = problems(model.kind, [lay.format for lay in model.layers])
+    if found:
+        raise ValueError("; ".join(msg for _, msg in found))
 
 
 def pdk_layout(model: PackedModel) -> PdkLayout:

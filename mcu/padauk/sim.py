@@ -33,6 +33,7 @@ PAINT = 0xA5                  # the RAM fill before the reset: bytes still holdi
 STACK_RESERVE = 10
 ROM_AREAS = ("HOME", "GSINIT", "GSFINAL", "CODE", "CONST")    # relocated program-memory areas of SDCC's pdk port
 SIM_TIMEOUT_S = 120
+MAP, IHX = "bm_pdk.map", "bm_pdk.ihx"      # what sdcc writes for src/bm_pdk.c
 
 
 class PadaukError(UserError):
@@ -98,8 +99,10 @@ class Build:
         if over:
             what = " and ".join(f"{r[0]} {r[2]} > {r[3]}" for r in over)
             raise PadaukSizeError(f"padauk {self.target}: the model does not fit ({what}):\n{format_table(rows)}\n"
-                                  "use fewer test images, narrower layers or 1-bit/ternary weights"
-                                  + (", or the pfs154" if self.target == "pms150c" else ""))
+                                  f"use fewer test images (mcu.demo_images; {self.image_bytes} words each, 0 = as "
+                                  "many as fit), narrower layers (model.widths), 1-bit/ternary/2bitsym weights "
+                                  "(quant.formats) or quant.scaling: per_tensor (int16 accumulators where the "
+                                  "bound allows)" + (", or the pfs154 (mcu.target)" if self.target == "pms150c" else ""))
         if not self.linked:
             raise PadaukError(f"padauk {self.target}: sdcc failed:\n{self.log}")
 
@@ -138,16 +141,20 @@ def build(model: PackedModel, images: np.ndarray, target: str, out: Path, gate: 
         old.unlink()
     res = subprocess.run([str(sdcc), *CHIPS[target].march, "--std-c99", f"-I{out}", f"-I{SRC}",
                           "-o", f"{out}/", str(SRC / "bm_pdk.c")], capture_output=True, text=True)
-    mp = out / "bm_pdk.map"
-    if not mp.is_file():
+    if not (out / MAP).is_file():
         raise PadaukError(f"padauk {target}: sdcc failed:\n{res.stdout}{res.stderr}")
-    areas, symbols = parse_map(mp.read_text())
-    b = Build(target=target, out=out, ihx=out / "bm_pdk.ihx", areas=areas, symbols=symbols,
-              layout=pdk_layout(model), n_images=len(images), image_bytes=model.image_size ** 2,
-              linked=res.returncode == 0, log=(res.stdout + res.stderr).strip())
+    b = load(out, model, target, len(images), linked=res.returncode == 0, log=(res.stdout + res.stderr).strip())
     if gate:
         b.check()
     return b
+
+
+def load(out: Path, model: PackedModel, target: str, n_images: int, linked: bool = True, log: str = "") -> Build:
+    """The build in folder out (its .map and .ihx) of model with n_images embedded images."""
+    areas, symbols = parse_map((Path(out) / MAP).read_text())
+    return Build(target=target, out=Path(out), ihx=Path(out) / IHX, areas=areas, symbols=symbols,
+                 layout=pdk_layout(model), n_images=n_images, image_bytes=model.image_size ** 2,
+                 linked=linked, log=log)
 
 
 @dataclass

@@ -525,6 +525,40 @@ def test_streamed_cnn_multiplier_free_matches_refimpl(kernels, build_dir):
             assert_same_run(run_c(lib, order, trace=True), run(model, order))
 
 
+MULFREE_EXTREMES = [
+    (ModelSpec(kind="cnn", image_size=16, cnn_channels=3, widths=(5,), input_zero=127),
+     ("fp130", "4bitsym", "ternary", "2bitsym", "binary"), True),
+    (ModelSpec(kind="cnn", image_size=13, cnn_channels=2, widths=(5,), input_zero=0),
+     ("4bitsym", "fp130", "2bitsym", "binarybalanced", "fp130"), False),
+]
+
+
+@needs_asan
+def test_streamed_cnn_multiplier_free_clean_under_sanitizers(build_dir, tmp_path):
+    """BM_CFG_NO_MULTIPLY's shift-term conv kernels (wrapping uint32 sums of sign-extended inputs) under
+    -fsanitize=address,undefined equal refimpl on every layer, no report: every multiplier-free format at its
+    largest codes and shifts (an all-0 image with input_zero 127 gives conv1 x0 = -127 everywhere), and random
+    multiplier-free tables (4bitsym channels with and without an 11 or 13)."""
+    models = [from_export(_extreme_export(s, f, flip)) for s, f, flip in MULFREE_EXTREMES]
+    models += [from_export(_cnn_table_export(n, c, pools, seed=70 + i, fmts=MULFREE_FORMATS))
+               for i, (n, c, pools) in enumerate(CNN_TABLES[:4])]
+    args = []
+    for i, model in enumerate(models):
+        n = model.image_size
+        px = np.concatenate([np.zeros((1, n, n), np.uint8), np.full((1, n, n), 255, np.uint8), _pixels(n, i)[:6]])
+        want = run(model, px)
+        ref = {"pixels": px, "logits": want["logits"], "preds": want["preds"]}
+        ref.update({f"act_{a}": v for a, v in want["acts"]})
+        ref.update({f"shift_{a}": v for a, v in want["shifts"]})
+        np.savez(tmp_path / f"mulfree{i}.npz", **ref)
+        so = build_library(render_header(model), build_dir, sanitize=True, defines=["BM_CFG_NO_MULTIPLY"])
+        args += [str(so), str(tmp_path / f"mulfree{i}.npz")]
+    res = _sanitized_python(args, _CHILD)
+    assert res.returncode == 0 and res.stdout.count("mismatch: none") == len(models), \
+        f"{res.stdout}\n{res.stderr[-3000:]}"
+    assert "runtime error" not in res.stderr and "AddressSanitizer" not in res.stderr, res.stderr[-3000:]
+
+
 @pytest.mark.parametrize("table,define", [(3, "BM_ACC_WORDS"), (0, "BM_ACT_BYTES"), (3, "BM_CHAN_BYTES"),
                                           (3, "BM_FEAT_BYTES")])
 def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, table, define):

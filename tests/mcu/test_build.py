@@ -376,7 +376,7 @@ def test_flash_with_probe_and_no_tool(tmp_path, monkeypatch):
 
 
 def test_monitor_port_choice(tmp_path):
-    with pytest.raises(PortError, match=r"no serial port found .*port=/dev/ttyUSB0 \(your adapter\) or the config key mcu.port"):
+    with pytest.raises(PortError, match=r"no serial port found .*port=/dev/ttyUSB0 \(doit monitor; or the config key mcu.port\) or --port /dev/ttyUSB0"):
         find_port(None, (str(tmp_path / "ttyUSB*"),))
     (tmp_path / "ttyACM3").touch()
     (tmp_path / "ttyACM1").touch()
@@ -561,7 +561,7 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
     b = build(Firmware(target="ch32v003"), tiny_model, tmp_path / "fw", images, labels)
     fw = b.summary(tmp_path / "fw")
     same = load_library(build_library(render_header(tiny_model), tmp_path / "same"))
-    res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same)
+    res = _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, same, lambda _: None)
     assert res["images"] == 4 and res["instructions"]["min"] > 1000 and res["cycles"]["min"] > res["instructions"]["min"]
     # a model built to differ: the firmware's, with the classifier rows of image 0's class and of its lowest
     # logit swapped, so that the two logits trade places and image 0 gets another class
@@ -574,7 +574,7 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
     perm[[top, low]] = [low, top]
     assert np.array_equal(got[0], logits[perm]) and int(np.argmax(got[0])) != top
     with pytest.raises(EmulateError, match="emulated firmware predicts .* for test image"):
-        _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other)
+        _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other, lambda _: None)
 
 
 # ---- the CNN on the chips: channel-streamed conv kernels in SRAM -------------------------------------------

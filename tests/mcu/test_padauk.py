@@ -52,7 +52,7 @@ def test_header_rows_drop_the_word_padding():
     w = m.layers[0].words.reshape(4, -1)
     assert header.row_data(m.layers[0].words, 4, 16).tobytes() == w.astype("<u4").tobytes()
     assert header.render(m, images()) == header.render(m, images())
-    with pytest.raises(ValueError, match="format 4bit not supported"):
+    with pytest.raises(ValueError, match="does not run format 4bit"):
         header.check(model_of(replace(TINY, formats=("4bit",))))
 
 
@@ -86,7 +86,7 @@ def test_size_gate_fails_with_a_table(tmp_path):
     with pytest.raises(sim.PadaukSizeError) as e:
         sim.build(big, images(4), "pms150c", tmp_path)
     msg = str(e.value)
-    assert "does not fit (ROM words" in msg and "RAM bytes" in msg and "or the pfs154" in msg
+    assert "does not fit (ROM words" in msg and "RAM bytes" in msg and "or the pfs154 (mcu.target)" in msg
     weights = 48 * 8 + 32 * 6 + 10 * 4
     assert re.search(rf"weights \(a byte a word\) +{weights}\b", msg)
     assert re.search(r"ROM words +total +(\d+) +1024", msg) and re.search(r"RAM bytes +total +(\d+) +64", msg)

@@ -72,6 +72,8 @@ search:
     ("mcu: {target: ch32v003}\nsearch: {trials: 2, space: {quant.formats: [4bitsym, 8bit]}}",
      "search.space: quant.formats: 8bit need a multiply instruction, which mcu.target ch32v003 lacks"),
     ("search: {trials: 2, space: {quant.formats: [none]}}", "quant.formats: none (float weights) cannot be deployed"),
+    ("mcu: {target: pfs154}\nmodel: {widths: [16, 16]}\nquant: {formats: 2bitsym}\n"
+     "search: {trials: 2, space: {train.epochs: [1]}}", "mcu.target: pfs154: a search runs for the RISC-V chips"),
     ("train: {val_images: 0}\nsearch: {trials: 2, space: {train.epochs: [1]}}", "train.val_images: 0, but a search "
      "chooses by the validation accuracy"),
     ("train: {epoch: 3}\nsearch: {trials: 2, space: {train.epochs: [1]}}", "s.yaml: train.epoch: unknown key"),

@@ -128,3 +128,14 @@ def test_a_damaged_checkpoint_is_removed_and_training_starts_over(tmp_path):
     lines = []
     assert _checkpoint(ckpt, torch.device("cpu"), SimpleNamespace(log=lines.append)) is None
     assert not ckpt.exists() and "is damaged" in lines[0] and "starts from epoch 1" in lines[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.mnist
+def test_training_runs_on_a_cuda_device_and_its_model_verifies(tiny_pipeline, tmp_path):
+    cfg = config.load(TINY).replace(**{"train.device": "cuda"})
+    plan = tiny_pipeline("verify", cfg, root=tmp_path)
+    summary = json.loads((entry(plan, "train") / "summary.json").read_text())
+    assert summary["device"].startswith("cuda") and 0.3 < summary["test_accuracy_int"] <= 1.0
+    verify = json.loads((entry(plan, "verify") / "summary.json").read_text())
+    assert all(v == 0 for v in verify["mismatches"].values())  # torch, numba and C agree on the GPU's weights
