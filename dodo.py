@@ -19,14 +19,14 @@ from doit import doit_cmd, get_var
 
 from contract.errors import UserError
 from contract.formats import FORMAT_NAMES
-from pipeline import config, sweep
+from pipeline import config, search, sweep
 from pipeline.graph import STAGES, Plan
 from pipeline.store import Store
 
 # command-line variables: name -> what it is for (an unknown one is an error, never ignored)
 VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild",
              "port": "monitor: serial port; demo: also offer the board on it", "listen": "demo: the page's port",
-             "src": "import: checkpoint", "name": "import: config name", "quant": "import: QuantType",
+             "storage": "search: the study's database URL (overrides search.storage)", "src": "import: checkpoint", "name": "import: config name", "quant": "import: QuantType",
              "widths": "import: FC widths", "cnn_width": "import: CNN channels", "dir": "import: config folder"}
 
 
@@ -51,9 +51,12 @@ except OSError as e:
     _fail(f"{ARTIFACTS}: the store cannot be written ({e.strerror}); point $BITMCU_ARTIFACTS at a writable folder")
 
 CFG = get_var("cfg", "configs/default.yaml")
-SWEEP = None
+SWEEP = SEARCH = None
 try:
-    if sweep.is_sweep(CFG):
+    if search.is_search(CFG):   # no plans: each trial's config is made when the study draws it
+        SEARCH = search.load(CFG, ARTIFACTS, STAGES, get_var("storage", None))
+        PLANS = []
+    elif sweep.is_sweep(CFG):
         # parallel runs share the cores: one torch thread each unless the sweep file says otherwise
         SWEEP = sweep.load(CFG, ARTIFACTS / "sweeps", tuple(s.name for s in STAGES))
         PLANS = [Plan.make(c, Store(ARTIFACTS)) for c in SWEEP.runs]
@@ -63,9 +66,9 @@ except UserError as e:
     _fail(str(e))
 
 REDO = set(filter(None, get_var("redo", "").split(",")))
-_bad = sorted(REDO - set(PLANS[0].keys))
+_bad = sorted(REDO - {s.name for s in STAGES})
 if _bad:       # every name is checked before anything is removed
-    _fail(f"redo={','.join(_bad)}: no such stage (allowed: {', '.join(PLANS[0].keys)})")
+    _fail(f"redo={','.join(_bad)}: no such stage (allowed: {', '.join(s.name for s in STAGES)})")
 for _plan in PLANS:
     _plan.redo = REDO
 
@@ -93,7 +96,7 @@ def _stages_to_run() -> set[str]:
 
 
 DOIT_CONFIG = {
-    "default_tasks": ["sweep" if SWEEP else STAGES[-1].name],
+    "default_tasks": ["search" if SEARCH else "sweep" if SWEEP else STAGES[-1].name],
     "verbosity": 2,
     "dep_file": str(ARTIFACTS / ".doit.db"),
     "backend": "sqlite3",
@@ -104,6 +107,9 @@ if SWEEP:
 if SWEEP and {"flash", "monitor", "demo"} & set(_tasks_asked()):
     _fail(f"cfg={CFG} is a sweep; flash, monitor and demo take one config (e.g. one of its runs: "
           f"cfg={ARTIFACTS / 'sweeps' / SWEEP.name / (SWEEP.runs[0].name + '.yaml')})")
+if SEARCH and set(_tasks_asked()) - {"search", "gc"}:
+    _fail(f"cfg={CFG} is a search file; `doit cfg={CFG} search` runs its trials, and each trial's config "
+          f"({SEARCH.out / 'trial-NNNN.yaml'}) builds any stage of that trial")
 if "export" in _stages_to_run():   # before any stage runs: a model without an integer form cannot be exported
     for _plan in PLANS:
         if "none" in _plan.cfg["quant.formats"]:
@@ -115,7 +121,7 @@ if "export" in _stages_to_run():   # before any stage runs: a model without an i
 def _stage_task(name):
     """doit task creator of one stage: one task, or with a sweep file one subtask per run."""
     def create():
-        if SWEEP is None:
+        if SWEEP is None and SEARCH is None:
             yield PLANS[0].task(name)
         else:
             for plan in PLANS:
@@ -133,7 +139,7 @@ def _board_action(fn):
     def action():
         from doit.exceptions import TaskFailed
         try:
-            fn(PLANS[0])        # a sweep never gets here (refused when dodo.py loads)
+            fn(PLANS[0])        # a sweep or search never gets here (refused when dodo.py loads)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))
@@ -169,7 +175,7 @@ def task_monitor():
 def task_demo():
     """A local page classifying drawn, uploaded or filmed digits with this run (host library; emulator if
     mcu.mode is serial; the board with port=); listen=N picks the page's port (default 8000)."""
-    serial = not SWEEP and PLANS[0].cfg["mcu.mode"] == "serial"
+    serial = SWEEP is None and SEARCH is None and PLANS[0].cfg["mcu.mode"] == "serial"
 
     def demo(plan):
         from pipeline.demo import open_backends, serve
@@ -203,7 +209,7 @@ def task_import():
 def task_gc():
     """Remove store entries that no run links to (and leftovers of interrupted builds)."""
     def gc():
-        removed = PLANS[0].store.gc()
+        removed = Store(ARTIFACTS).gc()
         print(f"removed {len(removed)} entries" + "".join(f"\n  {p}" for p in removed))
     return {"actions": [gc], "uptodate": [False], "verbosity": 2}
 
@@ -223,3 +229,32 @@ def task_sweep():
         print(files[1].read_text() + "".join(f"wrote {f}\n" for f in files), end="")
     return {"actions": [report], "task_dep": [f"{SWEEP.stage}:{p.cfg.name}" for p in PLANS],
             "uptodate": [False], "verbosity": 2}
+
+
+def task_search():
+    """Run a search file's trials (cfg=configs/search_*.yaml; storage=URL: a shared study), then its table."""
+    if SEARCH is None:
+        def not_a_search():
+            print(f"error: cfg={CFG} is not a search file (it has no `search:` section; see docs/search.md and "
+                  "configs/search_tiny.yaml)", file=sys.stderr)
+            return False
+        return {"actions": [not_a_search], "uptodate": [False], "verbosity": 2}
+
+    def run():
+        from doit.exceptions import TaskFailed
+
+        from pipeline import search_report, search_study   # imports Optuna: only when this task runs
+        try:
+            search_study.run(SEARCH, Store(ARTIFACTS))
+            files = search_report.write(SEARCH, search_study.open_study(SEARCH))
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return TaskFailed(str(e))
+        except KeyboardInterrupt:
+            msg = ("interrupted: the trial's point is queued again and its finished stages are stored; the same "
+                   "command resumes the search")
+            print(f"\n{msg}", file=sys.stderr, flush=True)
+            return TaskFailed(msg)
+        print(files[1].read_text() + "".join(f"wrote {f}\n" for f in files), end="")
+        return None
+    return {"actions": [run], "uptodate": [False], "verbosity": 2}

@@ -16,7 +16,7 @@ import numpy as np
 
 from contract.formats import FORMAT_IDS, FORMATS
 from contract.packing import pack, row_words
-from contract.spec import ACC_LIMIT, KINDS, MAX_OUT_SHIFT, layer_bound
+from contract.spec import ACC_LIMIT, KINDS, MAX_OUT_SHIFT, ModelSpec, layer_bound
 
 FORMAT_VERSION = 2
 LAYER_KINDS = ("fc", "conv", "dwconv")
@@ -175,3 +175,22 @@ def load(path: Path) -> PackedModel:
     model = PackedModel.from_dict(d)
     model.check()
     return model
+
+
+def placeholder(spec: ModelSpec) -> PackedModel:
+    """The packed model of the spec's shape with every code the same: what the export stage would make of a
+    trained model of that spec, byte for byte in size (layout, header, firmware), so whether it fits a chip is
+    known before training. A per_output layer gets shift 1 on every row, so its shift bytes count as a trained
+    one's do; pruning (prune.keep) only shrinks the trained model."""
+    geo = spec.geometry()
+    layers = []
+    for i, (g, fmt) in enumerate(zip(geo, spec.layer_formats())):
+        shift = 1 if spec.scaling == "per_output" else 0
+        words, rw = pack(np.full((g["n_out"], g["n_in"]), FORMATS[fmt].codes[0], dtype=np.int64), fmt)
+        layers.append(PackedLayer(**g, format=fmt, words=words, row_words=rw,
+                                  out_shifts=np.full(g["n_out"], shift, dtype=np.int64), requant=i < len(geo) - 1,
+                                  bound=layer_bound(g["n_in"], fmt, shift),
+                                  flatten_from=geo[i - 1]["out_shape"] if i and g["kind"] == "fc" and
+                                  geo[i - 1]["kind"] != "fc" else None))
+    return PackedModel(kind=spec.kind, image_size=spec.image_size, input_zero=spec.input_zero,
+                       num_classes=spec.num_classes, layers=layers)

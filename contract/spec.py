@@ -27,6 +27,7 @@ def layer_bound(n_in: int, fmt: str, max_shift: int) -> int:
 
 
 KINDS = ("fc", "cnn")
+HIDDEN_LAYERS = {"fc": (2, 4), "cnn": (1, 3)}   # hidden FC layers a model of each kind may have (fewest, most)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class ModelSpec:
             return p
         if not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
             bad("data.image_size", f"{self.image_size} is out of range", f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[1]}")
-        lo, hi = (2, 4) if self.kind == "fc" else (1, 3)
+        lo, hi = HIDDEN_LAYERS[self.kind]
         if not lo <= len(self.widths) <= hi or any(w < 1 for w in self.widths):
             bad("model.widths", f"{list(self.widths)} has {len(self.widths)} entries or a width < 1",
                 f"{lo} to {hi} widths >= 1 for model.kind {self.kind}")

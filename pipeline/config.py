@@ -186,7 +186,9 @@ def _prune_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-def _chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+def chip_formats(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Config rule: every format of quant.formats runs on mcu.target (a chip without a multiplier takes only
+    multiplier-free formats). The search checks its format choices with it too."""
     chip = CHIPS[v["mcu.target"]]
     if chip.family == "padauk":       # the SDCC engine's own list (multiplier-free, byte packed)
         return [("quant.formats" if what == "formats" else "model.kind", f"mcu.target {chip.name}: {msg}")
@@ -219,7 +221,7 @@ def _riscv_only(v: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [
-    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, _chip_formats, _riscv_only]
+    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, chip_formats, _riscv_only]
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,13 @@ def _check(key: Key, v: Any) -> tuple[Any, str | None]:
             out.append(item)
         return out, None
     return _check_scalar(key, v, key.kind)
+
+
+def check_value(name: str, v: Any) -> tuple[Any, str | None]:
+    """One value of a schema key on its own: (the value as the config holds it, `problem (allowed: ...)` or
+    None). The search checks each choice of its space with it."""
+    v, problem = _check(SCHEMA[name], v)
+    return v, None if problem is None else f"{problem} (allowed: {allowed(SCHEMA[name])})"
 
 
 def _number(text: str) -> str:

@@ -12,9 +12,14 @@ stack reserved) do not fit. firmware.ihx is what a programmer writes.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
 
 from contract.chips import CHIPS
-from mcu.build import Firmware, build, build_demo
+from contract.model import PackedModel
+from mcu.build import Build, Firmware, build, build_demo
 from mcu.padauk import firmware as padauk
 from mcu.padauk import sim
 from pipeline.stages.data import mnist_test
@@ -22,17 +27,24 @@ from pipeline.stages.export import model as exported_model
 from pipeline.stages.firmware import BUILD, IHX, MAP
 
 
-def _riscv(ctx) -> dict:
-    cfg = ctx.cfg
-    fw = Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
-                  segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
-                  where=f"config of stage {ctx.stage.name}")
-    model = exported_model(ctx.input("export"))
+def settings(cfg: Mapping[str, Any], where: str) -> Firmware:
+    """What the config's mcu.* keys ask the RISC-V firmware build for."""
+    return Firmware(target=cfg["mcu.target"], mode=cfg["mcu.mode"], kernels=cfg["mcu.kernels"],
+                    segment_pins=tuple(cfg["mcu.segment_pins"]), segment_active_low=cfg["mcu.segment_active_low"],
+                    where=where)
+
+
+def gated_build(cfg: Mapping[str, Any], fw: Firmware, model: PackedModel, out: Path, images: np.ndarray,
+                labels: np.ndarray) -> Build:
+    """Build and gate the RISC-V firmware for the model: demo mode embeds the first mcu.demo_images of images."""
     if fw.mode == "demo":
-        images, labels = mnist_test(ctx.input("data"))
-        b = build_demo(fw, model, ctx.out, images, labels, ctx.cfg["mcu.demo_images"])
-    else:
-        b = build(fw, model, ctx.out)
+        return build_demo(fw, model, out, images, labels, cfg["mcu.demo_images"])
+    return build(fw, model, out)
+
+
+def _riscv(ctx) -> dict:
+    fw = settings(ctx.cfg, f"config of stage {ctx.stage.name}")
+    b = gated_build(ctx.cfg, fw, exported_model(ctx.input("export")), ctx.out, *mnist_test(ctx.input("data")))
     s = b.summary(ctx.out)
     ctx.log(f"{fw.target} {fw.mode}, kernels in {fw.kernels}: flash {s['flash_used']} of {s['flash_limit']} B, "
             f"RAM {s['ram_used']} of {s['ram_limit']} B (stack bound {s['stack_bound']} B), "

@@ -8,7 +8,7 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from contract.errors import UserError
 from pipeline.config import Config
@@ -79,19 +79,25 @@ class Plan:
         _show_page(name, self.store.link(self.cfg.name, name, key))
         return True
 
+    def build(self, name: str, on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+        """Build one stage (its inputs must be built) unless its entry is there, link it under the run's name
+        and return the link; raises UserError. on_epoch: see pipeline.stage.Context."""
+        s = self.stage(name)
+        key = self.keys[name]
+        if name in self.redo:
+            self.store.remove(name, key)
+            self.redo.discard(name)      # once: a later task of this run reuses the new entry
+        if self.store.has(name, key):
+            self.store.verify(name, key, f"doit cfg={self.cfg.path} redo={name} {name}")
+        run_stage(s, self.cfg, key, {i: self.keys[i] for i in s.inputs}, self.store, on_epoch)
+        return self.store.link(self.cfg.name, name, key)
+
     def run(self, name: str) -> Any:
         """doit action: build one stage; a user-facing error becomes a clean failure, not a traceback."""
         from doit.exceptions import TaskFailed
 
-        s = self.stage(name)
-        key = self.keys[name]
         try:
-            if name in self.redo:
-                self.store.remove(name, key)
-                self.redo.discard(name)      # once: a later task of this run reuses the new entry
-            if self.store.has(name, key):
-                self.store.verify(name, key, f"doit cfg={self.cfg.path} redo={name} {name}")
-            run_stage(s, self.cfg, key, {i: self.keys[i] for i in s.inputs}, self.store)
+            link = self.build(name)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return TaskFailed(str(e))
@@ -100,8 +106,7 @@ class Plan:
                    "command carries on" + (" from the last finished epoch" if name == "train" else ""))
             print(f"\n{msg}", file=sys.stderr, flush=True)
             return TaskFailed(msg)
-        link = self.store.link(self.cfg.name, name, key)
-        print(f"[{name}] stored {self.store.path(name, key)} (linked as {link})", flush=True)
+        print(f"[{name}] stored {self.store.path(name, self.keys[name])} (linked as {link})", flush=True)
         _show_page(name, link)
         return None
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from pipeline.config import SCHEMA, Config, ConfigError
 from pipeline.store import SUMMARY, Store, file_sha256
@@ -164,6 +164,10 @@ class Context:
     work: Path  # scratch that survives a crash, for resumable stages
     inputs: dict[str, Path]  # upstream stage -> verified entry folder
     input_keys: dict[str, str]  # upstream stage -> its store key
+    # Called by a stage with a learning curve (train) after each epoch with (epoch, that epoch's metrics row).
+    # It never changes what is stored: it may only watch, or raise to abandon the build (a search's pruner),
+    # which leaves no entry. Not part of the store key.
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None
 
     def input(self, name: str) -> Path:
         return self.inputs[name]
@@ -172,15 +176,16 @@ class Context:
         print(f"[{self.stage.name}] {msg}", flush=True)
 
 
-def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str], store: Store) -> Path:
-    """Verify the inputs, then build the entry (unless present) and return its folder."""
+def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str], store: Store,
+              on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+    """Verify the inputs, then build the entry (unless present) and return its folder (on_epoch: Context's)."""
     inputs = {name: store.verify(name, k, f"doit cfg={cfg.path} redo={name} {name}")
               for name, k in input_keys.items()}
 
     def build(out: Path, work: Path) -> dict:
         t0 = time.perf_counter()
         mod = importlib.import_module(stage.module_for(cfg))
-        ctx = Context(stage, StageConfig(stage, cfg), key, out, work, inputs, dict(input_keys))
+        ctx = Context(stage, StageConfig(stage, cfg), key, out, work, inputs, dict(input_keys), on_epoch)
         figures = dict(mod.run(ctx))
         stage.check_outputs(sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()))
         figures.setdefault("stage", stage.name)

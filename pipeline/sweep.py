@@ -121,12 +121,14 @@ def load(path: str | Path, out_dir: Path, stages: tuple[str, ...], threads: int 
         values = {**base, "train.threads": threads, **common, **point}
         cfg_path = run_dir / f"{name}.yaml"
         cfg = config.from_values(values, name=name, path=str(cfg_path))
-        _write_config(cfg_path, cfg.values, f"run {i} of sweep {p} ({_describe(point)})")
+        write_config(cfg_path, cfg.values, f"run {i} of sweep {p} ({_describe(point)})")
         runs.append(cfg)
     return Sweep(p.stem, str(p), stage, tuple(runs), tuple(points))
 
 
-def _write_config(path: Path, values: Mapping[str, Any], comment: str) -> None:
+def write_config(path: Path, values: Mapping[str, Any], comment: str) -> None:
+    """A complete config as a preset file (sections of sorted keys) under a comment line; unchanged files are
+    left alone."""
     tree: dict[str, dict[str, Any]] = {}
     for k, v in values.items():
         section, leaf = k.split(".", 1)

@@ -243,6 +243,8 @@ def run(ctx) -> dict:
                     "history": history, "epoch": epoch + 1, "ema": ema.state_dict() if ema is not None else None,
                     "pruned": bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])}, tmp)
         os.replace(tmp, ckpt)
+        if ctx.on_epoch is not None:   # after the checkpoint: an abandoned run can still carry on later
+            ctx.on_epoch(epoch + 1, row)
 
     if ema is not None:
         ema.apply(model)

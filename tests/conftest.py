@@ -1,7 +1,7 @@
 """Shared test setup: hypothesis profiles, what a test needs (markers), and the tiny pipeline.
 
 A test that needs something the machine may lack carries its marker (registered in pyproject.toml):
-`mnist`, `riscv`, `chromium`, `cuda`, `sdcc`, `spdk`; a whole file sets `pytestmark`. Each need is detected once
+`mnist`, `riscv`, `chromium`, `cuda`, `sdcc`, `spdk`, `postgres`; a whole file sets `pytestmark`. Each need is detected once
 per process (`missing`), and a marked test whose need is missing is skipped with the reason, which says
 what is missing and how to get it (`-ra` prints it).
 """
@@ -77,8 +77,23 @@ def _spdk() -> str | None:
     return f"needs {tools.manual_steps()}"
 
 
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's initdb and pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    found = [Path(on_path).parent] if on_path else sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    return next((d for d in found if (d / "initdb").is_file() and (d / "pg_ctl").is_file()), None)
+
+
+def _postgres() -> str | None:
+    if postgres_bin():
+        return None
+    return ("needs PostgreSQL's initdb and pg_ctl (the search test starts a server of its own): apt-get install "
+            "postgresql (./run pytest does it when run as root)")
+
+
 NEEDS: dict[str, Callable[[], str | None]] = {
     "mnist": _mnist, "riscv": _riscv, "chromium": _chromium, "cuda": _cuda, "sdcc": _sdcc, "spdk": _spdk,
+    "postgres": _postgres,
 }
 FIXTURE_NEEDS = {"mnist_dir": "mnist", "tiny_pipeline": "mnist"}  # a test using the fixture carries the marker
 STAGE_NEEDS = {"data": "mnist", "firmware": "riscv"}                # and a stage needs what its inputs need

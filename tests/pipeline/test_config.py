@@ -22,9 +22,10 @@ def _error(tmp_path, text) -> str:
 
 
 def test_presets_load_and_name_runs():
+    from pipeline.search import is_search
     from pipeline.sweep import is_sweep
     for p in sorted((ROOT / "configs").glob("*.yaml")):
-        if is_sweep(p):  # tests/pipeline/test_sweep.py covers those
+        if is_sweep(p) or is_search(p):  # tests/pipeline/test_sweep.py and test_search.py cover those
             continue
         cfg = config.load(p)
         assert cfg.name == p.stem
