@@ -32,7 +32,8 @@ def alternatives(key):
     if k.kind == "bool":
         return [not d]
     if k.kind == "int":
-        return [v for v in (d + 1, d - 1, k.lo, k.hi) if v is not None and v != d
+        mid = (k.lo + k.hi) // 2 if k.lo is not None and k.hi is not None else None  # when the ends break a rule
+        return [v for v in (d + 1, d - 1, k.lo, k.hi, mid) if v is not None and v != d
                 and (k.lo is None or v >= k.lo) and (k.hi is None or v <= k.hi)]
     if k.kind == "float":
         return [v for v in (d * 0.5, d * 2, d + 1, k.lo, k.hi) if v is not None and v != d
