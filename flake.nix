@@ -29,13 +29,13 @@
           };
           python = pkgs.python3.withPackages (p: with p; [
             torch torchvision numpy numba doit pyyaml cffi tqdm filelock pillow matplotlib
-            unicorn pyelftools pyserial pyusb rvprog opencv4 flask
+            unicorn pyelftools pyserial pyusb rvprog opencv4 flask optuna psycopg2
             pytest hypothesis pytest-xdist ruff playwright
           ]);
           cross = pkgs.pkgsCross.riscv64-embedded.buildPackages;
         in {
           default = pkgs.mkShell {
-            packages = [ python cross.gcc cross.binutils pkgs.libusb1 pkgs.chromium pkgs.gcc ];
+            packages = [ python cross.gcc cross.binutils pkgs.libusb1 pkgs.chromium pkgs.gcc pkgs.sdcc pkgs.postgresql ];
             shellHook = ''
               export BITMCU_CROSS=riscv64-none-elf-
               export PYTHONPATH="$PWD''${PYTHONPATH:+:$PYTHONPATH}"

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAKE = ROOT / "flake.nix"
-NIX_NAMES = {"opencv-python-headless": "opencv4"}  # PyPI name -> nixpkgs' python attribute, where they differ
+NIX_NAMES = {"opencv-python-headless": "opencv4", "psycopg2-binary": "psycopg2"}  # PyPI name -> nixpkgs' python attribute, where they differ
 
 
 def test_flake_parses():
