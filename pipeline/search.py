@@ -37,7 +37,7 @@ from contract.spec import HIDDEN_LAYERS, KINDS, model_spec
 from pipeline import config
 from pipeline.config import SCHEMA, ConfigError
 from pipeline.stage import Stage
-from pipeline.sweep import write_config
+from pipeline.sweep import has_section, write_config
 
 SEARCH_KEYS = ("base", "trials", "sampler", "seed", "pruner", "emulate", "storage", "space")
 SAMPLERS = ("tpe", "nsga2")
@@ -130,12 +130,7 @@ class Search:
 
 
 def is_search(path: str | Path) -> bool:
-    """True when the YAML file has a top-level `search` section."""
-    try:
-        tree = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False  # config.load reports the problem
-    return isinstance(tree, dict) and "search" in tree
+    return has_section(path, "search")
 
 
 def _closest(name: str, names: list[str]) -> str:

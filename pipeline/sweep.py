@@ -57,13 +57,17 @@ class Sweep:
     points: tuple[dict[str, Any], ...]  # the swept values of each run, for the table
 
 
-def is_sweep(path: str | Path) -> bool:
-    """True when the YAML file has a top-level `sweep` section."""
+def has_section(path: str | Path, section: str) -> bool:
+    """True when the YAML file has that top-level section (a sweep's `sweep`, a search's `search`)."""
     try:
         tree = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False  # config.load reports the problem
-    return isinstance(tree, dict) and "sweep" in tree
+    return isinstance(tree, dict) and section in tree
+
+
+def is_sweep(path: str | Path) -> bool:
+    return has_section(path, "sweep")
 
 
 def _point_values(where: str, point: Any) -> dict[str, Any]:
