@@ -214,14 +214,18 @@ def task_gc():
     return {"actions": [gc], "uptodate": [False], "verbosity": 2}
 
 
+def _not_a(kind: str, see: str) -> dict:
+    """The task that refuses cfg= when it is not a `kind` file (one line, the task fails)."""
+    def refuse():
+        print(f"error: cfg={CFG} is not a {kind} file (it has no `{kind}:` section; see {see})", file=sys.stderr)
+        return False
+    return {"actions": [refuse], "uptodate": [False], "verbosity": 2}
+
+
 def task_sweep():
     """Build every run of a sweep file (cfg=configs/sweep_*.yaml) in parallel, then its Pareto table and plot."""
     if SWEEP is None:
-        def not_a_sweep():
-            print(f"error: cfg={CFG} is not a sweep file (it has no `sweep:` section; see pipeline/sweep.py "
-                  "and configs/sweep_small.yaml)", file=sys.stderr)
-            return False
-        return {"actions": [not_a_sweep], "uptodate": [False], "verbosity": 2}
+        return _not_a("sweep", "pipeline/sweep.py and configs/sweep_small.yaml")
 
     def report():
         rows = sweep.collect(SWEEP, ARTIFACTS)
@@ -234,11 +238,7 @@ def task_sweep():
 def task_search():
     """Run a search file's trials (cfg=configs/search_*.yaml; storage=URL: a shared study), then its table."""
     if SEARCH is None:
-        def not_a_search():
-            print(f"error: cfg={CFG} is not a search file (it has no `search:` section; see docs/search.md and "
-                  "configs/search_tiny.yaml)", file=sys.stderr)
-            return False
-        return {"actions": [not_a_search], "uptodate": [False], "verbosity": 2}
+        return _not_a("search", "docs/search.md and configs/search_tiny.yaml")
 
     def run():
         from doit.exceptions import TaskFailed

@@ -37,7 +37,7 @@ from contract.spec import HIDDEN_LAYERS, KINDS, model_spec
 from pipeline import config
 from pipeline.config import SCHEMA, ConfigError
 from pipeline.stage import Stage
-from pipeline.sweep import has_section, write_config
+from pipeline.sweep import base_values, has_section, write_config
 
 SEARCH_KEYS = ("base", "trials", "sampler", "seed", "pruner", "emulate", "storage", "space")
 SAMPLERS = ("tpe", "nsga2")
@@ -253,13 +253,7 @@ def load(path: str | Path, store_root: Path, stages: Sequence[Stage], storage: s
         if k not in SEARCH_KEYS:
             raise ConfigError(f"{where}.{k}: unknown key (did you mean {_closest(k, list(SEARCH_KEYS))}? allowed: "
                               f"{', '.join(SEARCH_KEYS)})")
-    base: dict[str, Any] = {}
-    if spec.get("base") is not None:
-        try:
-            base = dict(config.load(spec["base"]).values)
-        except ConfigError as e:
-            raise ConfigError(f"{where}.base: {spec['base']}: the preset the trials start from cannot be "
-                              f"used:\n{e}") from None
+    base = base_values(spec, where, "trials")
     values = config.from_values({**base, **config.flatten(tree)}, name=p.stem, path=str(p)).values
     if CHIPS[values["mcu.target"]].family != "riscv":   # the fit check builds RISC-V firmware
         raise ConfigError(f"{p}: mcu.target: {values['mcu.target']}: a search runs for the RISC-V chips "

@@ -15,7 +15,7 @@ from contract.chips import CHIPS
 from pipeline import config
 from pipeline.search import Search
 from pipeline.search_study import OUTCOME, REASON
-from pipeline.sweep import pareto, write_config
+from pipeline.sweep import pareto, save_size_plot, size_axes, write_config
 
 if TYPE_CHECKING:
     import optuna
@@ -100,11 +100,7 @@ def write(search: Search, study: "optuna.Study") -> list[Path]:
 
 
 def _plot(search: Search, table: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig, ax = size_axes()
     done = sorted((r for r in table if r["state"] == "complete"), key=lambda r: r["model_flash"])
     ax.scatter([r["model_flash"] for r in done], [100 * r["val_accuracy"] for r in done], color="tab:blue",
                label="validation (chooses)", zorder=3)
@@ -116,11 +112,5 @@ def _plot(search: Search, table: list[dict[str, Any]], path: Path) -> None:
     front = [r for r in done if r["pareto"]]
     ax.step([r["model_flash"] for r in front], [100 * r["val_accuracy"] for r in front], where="post",
             color="tab:blue", alpha=0.6, label="Pareto front (validation)")
-    ax.set_xlabel("model flash (bytes: weights, shifts, layer table)")
-    ax.set_ylabel("accuracy, integer inference (%)")
-    ax.set_title(f"search {search.name} on the {search.values['mcu.target']}: accuracy against size")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_size_plot(fig, ax, path, "accuracy, integer inference (%)",
+                   f"search {search.name} on the {search.values['mcu.target']}: accuracy against size")

@@ -81,6 +81,18 @@ def _point_values(where: str, point: Any) -> dict[str, Any]:
     return flat
 
 
+def base_values(spec: Mapping[str, Any], where: str, what: str) -> dict[str, Any]:
+    """The values of the preset named by a sweep or search section's `base` ({} without one); `what` names
+    what starts from it (runs, trials) in the error."""
+    if spec.get("base") is None:
+        return {}
+    try:
+        return dict(config.load(spec["base"]).values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.base: {spec['base']}: the preset the {what} start from cannot be "
+                          f"used:\n{e}") from None
+
+
 def load(path: str | Path, out_dir: Path, stages: tuple[str, ...], threads: int = 1) -> Sweep:
     """Validate a sweep file, expand it, write every run's config under out_dir/<sweep>/."""
     p = Path(path)
@@ -95,13 +107,7 @@ def load(path: str | Path, out_dir: Path, stages: tuple[str, ...], threads: int 
     if stage not in stages:
         raise ConfigError(f"{p}: sweep.stage: unknown stage {stage!r} (allowed: {', '.join(stages)})")
 
-    base: dict[str, Any] = {}
-    if spec.get("base") is not None:
-        try:
-            base = dict(config.load(spec["base"]).values)
-        except ConfigError as e:
-            raise ConfigError(f"{p}: sweep.base: {spec['base']}: the preset the runs start from cannot be "
-                              f"used:\n{e}") from None
+    base = base_values(spec, f"{p}: sweep", "runs")
     common = config.flatten(tree)
     config.from_values({**base, **common}, name=p.stem, path=str(p))  # report problems of the shared part once
 
@@ -235,12 +241,31 @@ def write_report(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> list[Pa
     return [out / "results.csv", out / "table.md", out / "pareto.png"]
 
 
-def _plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> None:
+def size_axes():
+    """A figure and axes for accuracy against model flash (headless), for sweeps and searches."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    return plt.subplots(figsize=(7.5, 4.8), dpi=120)
+
+
+def save_size_plot(fig, ax, path: Path, ylabel: str, title: str) -> None:
+    """Label, lay out and write a size_axes() figure to path, then free it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("model flash (bytes: weights, shifts, layer table)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> None:
+    fig, ax = size_axes()
     ours = sorted(rows, key=lambda r: r["flash_bytes"])
     ax.scatter([r["flash_bytes"] for r in ours], [100 * r["accuracy"] for r in ours],
                color="tab:blue", label="bitmcu runs", zorder=3)
@@ -255,14 +280,7 @@ def _plot(sweep: Sweep, rows: list[dict[str, Any]], path: Path) -> None:
     for i, (label, size, acc) in enumerate(BITNETMCU_POINTS):  # alternate sides: two share a size
         ax.annotate(label, (size, 100 * acc), textcoords="offset points", xytext=(4, 4 if i % 2 else -9),
                     fontsize=6, color="tab:red")
-    ax.set_xlabel("model flash (bytes: weights, shifts, layer table)")
-    ax.set_ylabel("test accuracy, integer inference (%)")
-    ax.set_title(f"sweep {sweep.name}: accuracy against size")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_size_plot(fig, ax, path, "test accuracy, integer inference (%)", f"sweep {sweep.name}: accuracy against size")
 
 
 def main(argv: list[str] | None = None) -> int:
