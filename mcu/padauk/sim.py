@@ -6,7 +6,7 @@ parses the linker's .map. `Build.size_report()` counts ROM words (the footprint 
 areas; a const byte is a `ret k` word) and RAM bytes (SDCC's pseudo register, static data, the overlaid
 leaf locals, the stack) against the chip row, and `Build.check()` raises PadaukSizeError with that table
 when the model does not fit. `run(build)` stops spdk at `bmp_done` after every image and reads the logits
-(bmp_acc), the class (bmp_class), the ticks the image took and the stack's high-water mark (the runner
+(bmp_ram.l), the class (bmp_class), the ticks the image took and the stack's high-water mark (the runner
 fills the RAM with a pattern before the reset).
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ from mcu.padauk.header import PdkLayout, pdk_layout, render
 
 SRC = Path(__file__).resolve().parent / "src"
 PAINT = 0xA5                  # the RAM fill before the reset: bytes still holding it were never written
-# startup -> main -> bmp_layer -> bmp_row -> __gptrget, a 2-byte return address each (8 measured), and a
-# spare word: the stack the gate reserves before a run measures it
-STACK_RESERVE = 10
+# startup -> main -> bmp_pass -> __gptrget, a 2-byte return address each, and a saved a/flags pair (SDCC's
+# push af) inside bmp_pass: the stack the gate reserves before a run measures it (6 to 7 B measured)
+STACK_RESERVE = 8
 ROM_AREAS = ("HOME", "GSINIT", "GSFINAL", "CODE", "CONST")    # relocated program-memory areas of SDCC's pdk port
 SIM_TIMEOUT_S = 120
 MAP, IHX = "bm_pdk.map", "bm_pdk.ihx"      # what sdcc writes for src/bm_pdk.c
@@ -79,11 +79,12 @@ class Build:
                (f"{self.n_images} test images of {self.image_bytes} bytes", self.n_images * self.image_bytes),
                ("other constants", const_w - model_w), ("engine and library code (CODE)", code_w),
                ("reset, startup and padding", self.rom_words() - code_w - const_w)]
-        acc = lay.acc_n * lay.acc_bits // 8
+        acts = lay.region_a + lay.region_b
         data = self.areas["DATA"][1]
-        ram = [("SDCC pseudo register p", self.areas["DATA"][0]), (f"bmp_acc ({lay.acc_n} x int{lay.acc_bits})", acc),
-               (f"bmp_act ({lay.act_n} x int8)", lay.act_n), ("engine state and spills (DATA)", data - acc - lay.act_n),
-               ("leaf locals (OSEG, overlaid)", self.areas["OSEG"][1]),
+        ram = [("SDCC pseudo register p", self.areas["DATA"][0]),
+               (f"bmp_ram: activations {lay.region_a} + {lay.region_b} B", acts),
+               ("engine state and spills (DATA)", data - acts),
+               ("leaf locals (OSEG, overlaid)", self.areas.get("OSEG", (0, 0))[1]),
                ("stack (measured)" if stack is not None else "stack (reserved)",
                 stack if stack is not None else STACK_RESERVE)]
         rows = [("ROM words", what, n, 0) for what, n in rom] + [("ROM words", "total", self.rom_words(),
@@ -199,7 +200,7 @@ def run(b: Build, num_classes: int = 10) -> Result:
     if len(dumps) != b.n_images:
         raise PadaukError(f"padauk {b.target}: {len(dumps)} RAM dumps for {b.n_images} images")
     acc_bytes = b.layout.acc_bits // 8
-    base, sseg = b.symbols["_bmp_acc"], b.static_ram()
+    base, sseg = b.symbols["_bmp_ram"], b.static_ram()
     logits = np.array([np.frombuffer(bytes(d[base:base + num_classes * acc_bytes]), dtype=f"<i{acc_bytes}")
                        for d in dumps], dtype=np.int64)
     preds = np.array([d[b.symbols["_bmp_class"]] for d in dumps], dtype=np.int64)

@@ -48,12 +48,39 @@ def test_chip_rows_and_format_ids():
 def test_header_rows_drop_the_word_padding():
     m = model_of(TINY)
     lay = header.pdk_layout(m)
-    assert lay.row_bytes == (16, 1, 1) and lay.acc_bits == 16 and (lay.acc_n, lay.act_n) == (10, 4)
+    # the logits (10 x int16) and fc1's outputs in region A, fc2's in region B
+    assert lay.row_bytes == (16, 1, 1) and lay.acc_bits == 16 and (lay.region_a, lay.region_b, lay.outs) == (20, 4, (0, 20))
     w = m.layers[0].words.reshape(4, -1)
     assert header.row_data(m.layers[0].words, 4, 16).tobytes() == w.astype("<u4").tobytes()
     assert header.render(m, images()) == header.render(m, images())
     with pytest.raises(ValueError, match="does not run format 4bit"):
         header.check(model_of(replace(TINY, formats=("4bit",))))
+
+
+def test_regions_alternate_back_from_the_logits():
+    lay = header.pdk_layout(model_of(replace(TINY, widths=(24, 16, 12))))
+    # fc3 (12) and fc1 (24) write B, fc2 (16) writes A with the logits: no layer writes what it reads
+    assert (lay.region_a, lay.region_b, lay.outs) == (20, 24, (20, 0, 20))
+
+
+def test_row_bound_is_the_largest_partial_sum_over_every_input():
+    rng = np.random.default_rng(3)
+    for lo, hi in ((-16, 111), (0, 127)):
+        codes = rng.choice([-15, -3, -1, 1, 5, 15], size=(3, 7))
+        shifts = rng.integers(0, 3, 3)
+        xs = np.array([[lo if b else hi for b in map(int, f"{m:07b}")] for m in range(2**7)])   # every corner
+        partial = np.cumsum(xs[:, None, :] * codes[None], axis=2) << shifts[None, :, None]
+        # the extreme partial sums lie at corners of the input box: the bound is reached, never exceeded
+        assert header.row_bound(codes, lo, hi, shifts) == np.abs(partial).max()
+
+
+def test_trained_like_weights_keep_int16_where_the_worst_case_needs_int32():
+    m = model_of(replace(TINY, formats=("4bitsym",)))
+    lay = m.layers[0]
+    small = replace(lay, words=np.zeros_like(lay.words))          # every code +1 (field 0): 64 * 111 < 2^15
+    m16 = replace(m, layers=[small, *m.layers[1:]])
+    assert lay.bound > header.INT16_MAX and header.model_bound(m16) <= header.INT16_MAX
+    assert header.pdk_layout(m16).acc_bits == 16
 
 
 def test_find_spdk_honours_the_environment(tmp_path, monkeypatch):
@@ -94,23 +121,24 @@ def test_size_gate_fails_with_a_table(tmp_path):
 
 # ---- in the simulator ----------------------------------------------------------------------------------------
 
-CASES = [("pms150c", "2bitsym", "per_tensor"), ("pms150c", "binary", "per_tensor"),
-         ("pms150c", "ternary", "per_tensor"), ("pfs154", "2bitsym", "per_tensor"),
-         ("pfs154", "binary", "per_output")]    # per_output: shifts k[o] and the int32 accumulator
+CASES = [("pms150c", "2bitsym", "per_tensor", (4, 4)), ("pms150c", "binary", "per_tensor", (4, 4)),
+         ("pms150c", "ternary", "per_tensor", (4, 4)), ("pfs154", "2bitsym", "per_tensor", (4, 4)),
+         ("pfs154", "4bitsym", "per_tensor", (8, 6)),
+         ("pfs154", "2bitsym", "per_tensor", (8, 6, 5)),   # three hidden layers: region A, B, A, then the logits
+         ("pfs154", "binary", "per_output", (8, 8))]       # per_output: shifts k[o] and the int32 accumulator
 
 
 @pytest.mark.sdcc
 @pytest.mark.spdk
-@pytest.mark.parametrize("target, fmt, scaling", CASES)
-def test_simulator_equals_the_c_engine(target, fmt, scaling, tmp_path):
-    spec = replace(TINY, formats=(fmt,), scaling=scaling, widths=(8, 8) if scaling == "per_output" else TINY.widths)
+@pytest.mark.parametrize("target, fmt, scaling, widths", CASES)
+def test_simulator_equals_the_c_engine(target, fmt, scaling, widths, tmp_path):
+    spec = replace(TINY, formats=(fmt,), scaling=scaling, widths=widths)
     m, px = model_of(spec), images()
     b = sim.build(m, px, target, tmp_path / "pdk")
     r = sim.run(b)
     want = c_engine(m, px, tmp_path)
     np.testing.assert_array_equal(r.logits, want["logits"])
     np.testing.assert_array_equal(r.preds, want["preds"])
-    assert (b.layout.acc_bits == 32) == (scaling == "per_output")
     assert r.ticks.shape == (N_IMAGES,) and (r.ticks > 1000).all() and r.startup_ticks > 0
     assert 0 < r.stack_bytes <= sim.STACK_RESERVE and r.ram_used <= CHIPS[target].ram
 

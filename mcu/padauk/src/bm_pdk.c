@@ -1,14 +1,18 @@
 /* bitmcu SDCC engine for Padauk pdk13/pdk14: see bm_pdk.h. C99 for SDCC 4.2 (-mpdk13, -mpdk14).
  *
- * SDCC keeps the locals of a function that calls another in static RAM for good, and overlays only the
- * locals of leaf functions; so the state of the running layer lives in a few globals and the work per
- * output row is one leaf, bmp_dot. Indexing by a variable times a constant would call SDCC's multiply
+ * RAM is what limits these parts, so a hidden layer keeps no accumulators: it runs twice over its rows, once
+ * to measure ShiftNorm's shift s (CONTRACT §4 needs the layer's maximum before the first output) and once to
+ * requantize each output as soon as its row is summed. That doubles the hidden layers' time and leaves two
+ * int8 regions in RAM. SDCC keeps the locals of a function that calls another in static RAM for good and
+ * overlays only those of leaf functions; so all the state lives in a few globals and the work is one leaf,
+ * bmp_pass, called twice per hidden layer. Indexing by a variable times a constant would call SDCC's multiply
  * routine: ROM is walked with pointers instead.
  */
 #include "bm_pdk_model.h"
 
-bmp_acc_t bmp_acc[BMP_ACC_N];      /* a layer's accumulators, the logits after the last one */
-int8_t bmp_act[BMP_ACT_N];         /* a hidden layer's requantized outputs (CONTRACT §4) */
+/* Region A at offset 0 (the logits at the end, and the hidden layers an even number of layers before the
+   last), region B after it (the others): a layer never writes the region it reads. */
+union bmp_ram_u bmp_ram;
 volatile uint8_t bmp_class;
 
 static const uint8_t *bmp_px;      /* the image being run (ROM) */
@@ -28,164 +32,157 @@ static bmp_idx_t bmp_n_out;
 static uint8_t bmp_fmt;            /* BMP_FMT_* */
 #define BMP_SET_FMT(fmt) bmp_fmt = (fmt);
 #endif
-static uint8_t bmp_first;          /* 1: the layer reads the image, 0: bmp_act */
-static uint8_t bmp_last;           /* 1: the final layer (logits, no ReLU or requant) */
-static bmp_idx_t bmp_o;            /* the output row being computed */
+static bmp_idx_t bmp_in;           /* where the layer reads: a region's offset, or BMP_FROM_IMAGE */
+static bmp_idx_t bmp_out;          /* where it writes: a region's offset, or BMP_TO_LOGITS (the last layer) */
+static uint8_t bmp_s;              /* ShiftNorm's shift; BMP_MEASURE: this pass measures it */
+static bmp_uacc_t bmp_m;           /* the measuring pass: the OR of the layer's outputs (bitlen(OR) = bitlen(max)) */
+
+#define BMP_MEASURE 255
 
 /* Input i of the layer: x0 = (p >> 1) - Z on the image (CONTRACT §1), else the int8 activation. */
-#define BMP_IN(i) (bmp_first ? (int8_t)((bmp_px[i] >> 1) - BMP_INPUT_ZERO) : bmp_act[i])
+#define BMP_IN(i) (bmp_in == BMP_FROM_IMAGE ? (int8_t)((bmp_px[i] >> 1) - BMP_INPUT_ZERO) : bmp_ram.b[bmp_in + (i)])
 
-/* Output row bmp_o of the layer: sum_i x[i] * w[i] over the row at bmp_w with adds and subtracts only
-   (exact: the CONTRACT §3 bound fits bmp_acc_t), then for a hidden layer the ReLU, and the shift k[o]
-   (§3) into bmp_acc; leaves bmp_w at the next row. */
-static void bmp_row(void)
+/* One pass over the layer's rows from bmp_w: each row's sum of x[i] * w[i] with adds and subtracts only
+   (exact: the CONTRACT §3 bound fits bmp_acc_t). The last layer stores the logits acc * 2^k[o] (§3, §5).
+   A hidden layer takes y = max(acc, 0) << k[o]; the measuring pass ORs y into bmp_m, the other stores
+   min(round(y / 2^s), 127) (§4). */
+/* The pass's variables are globals: SDCC gives each new value of a local its own RAM (t += t three times is
+   three copies of t), and operates on a global in place. */
+static bmp_acc_t acc, t;
+static bmp_uacc_t y;
+static bmp_idx_t i, o;
+static uint8_t byte, f;
+
+static void bmp_pass(void)
 {
-    bmp_acc_t acc = 0, t;
-    bmp_idx_t i;
-    uint8_t byte = 0, left = 0, f;
-    for (i = 0; i < bmp_n_in; i++) {
+    for (o = 0; o < bmp_n_out; o++) {
+        acc = 0;
+        for (i = 0; i < bmp_n_in; i++) {
 #if BMP_USES_TERNARY
-        if (bmp_fmt == BMP_FMT_TERNARY) {
-            /* 5 trits a byte, the earliest weight the least significant digit (CONTRACT §9): the sum's
-               order does not matter, so peel the digits from the top by subtraction (no divide), digit
-               d = 0/1/2 meaning weight 0/+1/-1 of input i + 4 - (the digits peeled before it) */
-            uint8_t p = 81, v = *bmp_w++;
-            bmp_idx_t j = i + 4;
-            for (;;) {
-                f = 0;
-                if (v >= (uint8_t)(p + p)) {
-                    f = 2;
-                    v -= (uint8_t)(p + p);
-                } else if (v >= p) {
-                    f = 1;
-                    v -= p;
+            if (bmp_fmt == BMP_FMT_TERNARY) {
+                /* 5 trits a byte, the earliest weight the least significant digit (CONTRACT §9): the sum's
+                   order does not matter, so peel the digits from the top by subtraction (no divide), digit
+                   d = 0/1/2 meaning weight 0/+1/-1 of input i + 4 - (the digits peeled before it) */
+                uint8_t p = 81, v = *bmp_w++;
+                bmp_idx_t j = i + 4;
+                for (;;) {
+                    f = 0;
+                    if (v >= (uint8_t)(p + p)) {
+                        f = 2;
+                        v -= (uint8_t)(p + p);
+                    } else if (v >= p) {
+                        f = 1;
+                        v -= p;
+                    }
+                    if (f) {                   /* padding trits are 0, so j < n_in here */
+                        t = BMP_IN(j);
+                        if (f == 1)
+                            acc += t;
+                        else
+                            acc -= t;
+                    }
+                    if (p == 1)
+                        break;
+                    p = p == 81 ? 27 : p == 27 ? 9 : p == 9 ? 3 : 1;
+                    j--;
                 }
-                if (f) {                   /* padding trits are 0, so j < n_in here */
-                    t = BMP_IN(j);
-                    if (f == 1)
-                        acc += t;
-                    else
-                        acc -= t;
-                }
-                if (p == 1)
-                    break;
-                p = p == 81 ? 27 : p == 27 ? 9 : p == 9 ? 3 : 1;
-                j--;
+                i += 4;
+                continue;
             }
-            i += 4;
-            continue;
-        }
 #endif
 #if BMP_USES_BINARY || BMP_USES_BINARYBALANCED || BMP_USES_2BITSYM || BMP_USES_4BITSYM
-        t = BMP_IN(i);
-        if (!left) {
-            byte = *bmp_w++;
-            left = bmp_fmt <= BMP_FMT_BINARYBALANCED ? 8 : bmp_fmt == BMP_FMT_2BITSYM ? 4 : 2;
-        }
-        f = byte;
-        left--;
+            t = BMP_IN(i);
+            /* a new weight byte every 8 / 4 / 2 inputs (1 / 2 / 4-bit fields, CONTRACT §9) */
+            if (!((uint8_t)i & (bmp_fmt <= BMP_FMT_BINARYBALANCED ? 7 : bmp_fmt == BMP_FMT_2BITSYM ? 3 : 1)))
+                byte = *bmp_w++;
+            f = byte;
 #if BMP_USES_BINARY || BMP_USES_BINARYBALANCED
-        if (bmp_fmt <= BMP_FMT_BINARYBALANCED) {
-            byte >>= 1;                    /* 1 -> +1, 0 -> -1 */
-            if (f & 1)
-                acc += t;
-            else
-                acc -= t;
-            continue;
-        }
+            if (bmp_fmt <= BMP_FMT_BINARYBALANCED) {
+                byte >>= 1;                    /* 1 -> +1, 0 -> -1 */
+                if (f & 1)
+                    acc += t;
+                else
+                    acc -= t;
+                continue;
+            }
 #endif
-#if BMP_USES_2BITSYM
-        if (bmp_fmt == BMP_FMT_2BITSYM) {
-            byte >>= 2;                    /* bit1 = sign, bit0 = m: +-(2m + 1) */
+#if BMP_USES_2BITSYM || BMP_USES_4BITSYM
+            /* +-(2m + 1) t = +-(t + 2t m0 + 4t m1 + 8t m2): the sign first, then doubling t in place, so no
+               temporary takes RAM */
+            if (f & (bmp_fmt == BMP_FMT_2BITSYM ? 2 : 8))
+                t = -t;
+            acc += t;
+            t += t;
             if (f & 1)
-                t = t + t + t;
-            if (f & 2)
-                acc -= t;
-            else
                 acc += t;
-            continue;
-        }
+#if BMP_USES_2BITSYM
+            if (bmp_fmt == BMP_FMT_2BITSYM) {
+                byte >>= 2;                    /* bit1 = sign, bit0 = m */
+                continue;
+            }
 #endif
 #if BMP_USES_4BITSYM
-        {
-            bmp_acc_t u = t;
-            byte >>= 4;                    /* bit3 = sign, bits 0..2 = m: +-(2m + 1) = t + 2t m0 + 4t m1 + 8t m2 */
-            u = u + u;
-            if (f & 1)
-                t += u;
-            u = u + u;
+            byte >>= 4;                        /* bit3 = sign, bits 0..2 = m */
+            t += t;
             if (f & 2)
-                t += u;
-            u = u + u;
-            if (f & 4)
-                t += u;
-            if (f & 8)
-                acc -= t;
-            else
                 acc += t;
+            t += t;
+            if (f & 4)
+                acc += t;
+#endif
+#endif
+#endif
         }
-#endif
-#endif
-    }
-    if (!bmp_last && acc < 0)             /* ReLU, before the shift */
-        acc = 0;
+        /* acc itself becomes the output, so no temporary takes RAM */
+        if (bmp_out != BMP_TO_LOGITS && acc < 0)       /* a hidden layer's ReLU, before the shift */
+            acc = 0;
 #if BMP_ANY_SHIFTS
-    f = bmp_k ? bmp_k[bmp_o] : 0;
-    /* sign-magnitude left shift (CONTRACT §3); the bound keeps the result in bmp_acc_t */
-    bmp_acc[bmp_o] = acc >= 0 ? (bmp_acc_t)((bmp_uacc_t)acc << f) : -(bmp_acc_t)((bmp_uacc_t)-acc << f);
-#else
-    bmp_acc[bmp_o] = acc;
+        /* acc * 2^k[o] (CONTRACT §3) by doubling: defined for a negative logit too, and the bound keeps it in
+           bmp_acc_t; a variable shift of a 32-bit value takes SDCC dozens of bytes of RAM */
+        if (bmp_k)
+            for (f = bmp_k[o]; f; f--)
+                acc += acc;
 #endif
-}
-
-/* The last layer's class: argmax of the logits, ties to the lowest index (CONTRACT §5). */
-static void bmp_argmax(void)
-{
-    bmp_idx_t o;
-    uint8_t k = 0;
-    for (o = 1; o < bmp_n_out; o++)
-        if (bmp_acc[o] > bmp_acc[k])
-            k = o;
-    bmp_class = k;
-}
-
-/* A hidden layer's ShiftNorm (CONTRACT §4): bmp_acc (non-negative) to int8 in bmp_act. Shifts by one bit
-   at a time: SDCC spills a variable 16-bit shift into many bytes of RAM. */
-static void bmp_requant(void)
-{
-    bmp_idx_t o;
-    bmp_uacc_t v = 0, half = 0;
-    uint8_t s = 0, k;
-    for (o = 0; o < bmp_n_out; o++)        /* M */
-        if ((bmp_uacc_t)bmp_acc[o] > v)
-            v = (bmp_uacc_t)bmp_acc[o];
-    for (; v > 127; v >>= 1) {             /* s: the smallest with (M >> s) <= 127; half = (1 << s) >> 1 */
-        half = half ? half + half : 1;
-        s++;
+        if (bmp_out == BMP_TO_LOGITS) {
+            bmp_ram.l[o] = acc;
+            if (acc > bmp_ram.l[bmp_class])          /* argmax, ties to the lowest index (CONTRACT §5) */
+                bmp_class = o;
+            continue;
+        }
+        if (bmp_s == BMP_MEASURE) {
+            bmp_m |= (bmp_uacc_t)acc;
+            continue;
+        }
+        /* round(y / 2^s) half up = ((y >> (s - 1)) + 1) >> 1 for s >= 1 (y >= 0): no offset to add, so no
+           overflow. Shifts by one bit at a time: SDCC spills a variable 16-bit shift into many bytes of RAM
+           (and crashes on `for (f = s; --f;)`). */
+        y = (bmp_uacc_t)acc;
+        if (bmp_s) {
+            for (f = bmp_s; f != 1; f--)
+                y >>= 1;
+            y = (y + 1) >> 1;
+        }
+        if (y & (bmp_uacc_t)~127)                  /* y > 127, without a copy of y */
+            y = 127;
+        bmp_ram.b[bmp_out + o] = (int8_t)y;
     }
-    for (o = 0; o < bmp_n_out; o++) {
-        v = (bmp_uacc_t)bmp_acc[o] + half;
-        for (k = s; k; k--)
-            v >>= 1;
-        bmp_act[o] = (int8_t)(v > 127 ? 127 : v);
+    if (bmp_s == BMP_MEASURE) {        /* s: the smallest s >= 0 with (M >> s) <= 127 (CONTRACT §4) */
+        bmp_s = 0;
+        while (bmp_m & (bmp_uacc_t)~127) {
+            bmp_m >>= 1;
+            bmp_s++;
+        }
     }
-    bmp_first = 0;
 }
 
-/* One layer (bmp_w, bmp_k, bmp_n_in, bmp_n_out, bmp_fmt, bmp_last): every call below is to a leaf. */
-static void bmp_layer(void)
-{
-    for (bmp_o = 0; bmp_o < bmp_n_out; bmp_o++)
-        bmp_row();
-    if (bmp_last)
-        bmp_argmax();
-    else
-        bmp_requant();
-}
-
-#define BMP_LAYER(w, k, n_in, n_out, fmt, last) \
-    bmp_w = (w); BMP_SET_K(k) bmp_n_in = (n_in); bmp_n_out = (n_out); BMP_SET_FMT(fmt) bmp_last = (last); \
-    bmp_layer();
+/* A layer: weights w, shifts k (0: none), sizes, format, the offsets it reads and writes. A hidden layer is
+   a measuring pass (which ends with the shift) and the pass that writes; the last layer one pass, the argmax in it. */
+#define BMP_HIDDEN(w, k, n_in, n_out, fmt, in, out) \
+    BMP_SET_K(k) bmp_n_in = (n_in); bmp_n_out = (n_out); BMP_SET_FMT(fmt) bmp_in = (in); bmp_out = (out); \
+    bmp_s = BMP_MEASURE; bmp_m = 0; bmp_w = (w); bmp_pass(); bmp_w = (w); bmp_pass();
+#define BMP_LAST(w, k, n_in, n_out, fmt, in) \
+    BMP_SET_K(k) bmp_n_in = (n_in); bmp_n_out = (n_out); BMP_SET_FMT(fmt) bmp_in = (in); \
+    bmp_out = BMP_TO_LOGITS; bmp_class = 0; bmp_w = (w); bmp_pass();
 
 /* The simulator stops here after each image (a breakpoint on its address) and reads the RAM. */
 void bmp_done(void)
@@ -200,7 +197,6 @@ void bmp_done(void)
 void main(void)
 {
     for (bmp_px = bmp_images; bmp_px != bmp_images + BMP_N_IMAGES * BMP_N_PIXELS; bmp_px += BMP_N_PIXELS) {
-        bmp_first = 1;
         BMP_LAYERS
         bmp_done();
     }
