@@ -42,17 +42,18 @@ static bmp_uacc_t bmp_m;           /* the measuring pass: the OR of the layer's 
 /* Input i of the layer: x0 = (p >> 1) - Z on the image (CONTRACT §1), else the int8 activation. */
 #define BMP_IN(i) (bmp_in == BMP_FROM_IMAGE ? (int8_t)((bmp_px[i] >> 1) - BMP_INPUT_ZERO) : bmp_ram.b[bmp_in + (i)])
 
-/* One pass over the layer's rows from bmp_w: each row's sum of x[i] * w[i] with adds and subtracts only
-   (exact: the CONTRACT §3 bound fits bmp_acc_t). The last layer stores the logits acc * 2^k[o] (§3, §5).
-   A hidden layer takes y = max(acc, 0) << k[o]; the measuring pass ORs y into bmp_m, the other stores
-   min(round(y / 2^s), 127) (§4). */
 /* The pass's variables are globals: SDCC gives each new value of a local its own RAM (t += t three times is
    three copies of t), and operates on a global in place. */
-static bmp_acc_t acc, t;
-static bmp_uacc_t y;
-static bmp_idx_t i, o;
-static uint8_t byte, f;
+static bmp_acc_t acc, t;           /* a row's sum; the input term being added */
+static bmp_uacc_t y;               /* a hidden output being requantized */
+static bmp_idx_t i, o;             /* input, row */
+static uint8_t byte, f;            /* the weight byte being read (shifted as its fields are used); a field */
 
+/* One pass over the layer's rows from bmp_w: each row's sum of x[i] * w[i] with adds and subtracts only
+   (exact: the header sizes bmp_acc_t by the largest partial sum any input gives, header.row_bound). The last
+   layer stores the logits acc * 2^k[o] (CONTRACT §3, §5) and their argmax. A hidden layer takes
+   y = max(acc, 0) << k[o]; the measuring pass ORs y into bmp_m and ends with the shift, the other stores
+   min(round(y / 2^s), 127) (§4). */
 static void bmp_pass(void)
 {
     for (o = 0; o < bmp_n_out; o++) {

@@ -1,7 +1,7 @@
 /* bitmcu SDCC engine for the Padauk pdk13/pdk14 cores: fully connected models (engine/CONTRACT.md §1, §3-§5).
  *
  * The generated model header (mcu/padauk/header.py) defines, before it includes this file, the accumulator
- * type bmp_acc_t (int16_t where every layer's CONTRACT §3 bound fits, else int32_t) with its unsigned twin
+ * type bmp_acc_t (int16_t where every partial sum the weights allow fits, else int32_t) with its unsigned twin
  * bmp_uacc_t, the index type bmp_idx_t, the sizes BMP_*, BMP_USES_<FORMAT> for the formats present, the
  * weights as const bytes (ROM: each row the little-endian bytes of its packed words, trailing padding
  * bytes dropped), the images, and BMP_LAYERS: one BMP_HIDDEN(weights, shifts, n_in, n_out, format, in, out)
