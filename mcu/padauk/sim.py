@@ -33,6 +33,7 @@ PAINT = 0xA5                  # the RAM fill before the reset: bytes still holdi
 STACK_RESERVE = 8
 ROM_AREAS = ("HOME", "GSINIT", "GSFINAL", "CODE", "CONST")    # relocated program-memory areas of SDCC's pdk port
 SIM_TIMEOUT_S = 120
+PADAUK_RANDOM_IMAGES = 16     # the CLI's random images to choose from when it embeds as many as fit
 MAP, IHX = "bm_pdk.map", "bm_pdk.ihx"      # what sdcc writes for src/bm_pdk.c
 
 
@@ -101,9 +102,9 @@ class Build:
             what = " and ".join(f"{r[0]} {r[2]} > {r[3]}" for r in over)
             raise PadaukSizeError(f"padauk {self.target}: the model does not fit ({what}):\n{format_table(rows)}\n"
                                   f"use fewer test images (mcu.demo_images; {self.image_bytes} words each, 0 = as "
-                                  "many as fit), narrower layers (model.widths), 1-bit/ternary/2bitsym weights "
-                                  "(quant.formats) or quant.scaling: per_tensor (int16 accumulators where the "
-                                  "bound allows)" + (", or the pfs154 (mcu.target)" if self.target == "pms150c" else ""))
+                                  "many as fit), narrower layers (model.widths), fewer bits per weight (quant.formats: "
+                                  "2bitsym, ternary, binary) or quant.scaling: per_tensor (no shift table)"
+                                  + (", or the pfs154 (mcu.target)" if self.target == "pms150c" else ""))
         if not self.linked:
             raise PadaukError(f"padauk {self.target}: sdcc failed:\n{self.log}")
 
@@ -234,14 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mcu.padauk.sim", description=main.__doc__)
     ap.add_argument("model", type=Path, help="an exported model.json (FC, binary/ternary/2bitsym/4bitsym)")
     ap.add_argument("--target", choices=PADAUK_NAMES, default=PADAUK_NAMES[0])
-    ap.add_argument("--images", type=int, default=3, help="random 8x8 test images embedded")
+    ap.add_argument("--images", type=int, default=0, help="random test images embedded (0: as many as fit)")
     ap.add_argument("--out", type=Path, default=Path("build/padauk"))
     args = ap.parse_args(argv)
     try:
         model = load(args.model)
-        px = np.random.default_rng(0).integers(0, 256, (args.images, model.image_size, model.image_size),
-                                               dtype=np.uint8)
-        b = build(model, px, args.target, args.out / args.target)
+        from mcu.padauk.firmware import build_demo
+        n = args.images or PADAUK_RANDOM_IMAGES
+        px = np.random.default_rng(0).integers(0, 256, (n, model.image_size, model.image_size), dtype=np.uint8)
+        b = build_demo(model, px, args.target, args.out / args.target, args.images, "--images")
+        px = px[:b.n_images]
         r = run(b, model.num_classes)
     except (PadaukError, ValueError) as e:
         print(e, file=sys.stderr)
