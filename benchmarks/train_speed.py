@@ -41,6 +41,9 @@ class _NoBar:
 
 
 for preset in args.presets:
+    # a training run is one model per process: drop the previous preset's compiled graphs, whose shapes would
+    # otherwise use up torch.compile's recompile limit and leave a later preset running eagerly (slower)
+    torch._dynamo.reset()
     cfg = config.load(f"configs/{preset}.yaml")
     plan = Plan.make(cfg, Store("artifacts"))
     data = Store("artifacts").verify("data", plan.keys["data"], "./run doit cfg=configs/%s.yaml data" % preset)
