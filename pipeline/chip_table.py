@@ -6,7 +6,8 @@ Runs whose train and export keys differ only in `train.seed` form one row: each 
 and standard deviation, the validation mean. Runs that are the same trainings and exports under two names (a
 sweep that repeats another's) count once. A row is on the Pareto front when no other row of the chip has at least its
 validation accuracy with at most its model flash, validation being what model selection may look at; the
-most accurate row on validation among those with at least MIN_SEEDS seeds is marked as the chip's pick.
+most accurate row on validation among those with at least MIN_SEEDS seeds is marked as the chip's pick (on a tie,
+the smaller model).
 Firmware flash, RAM and cycles per inference come from the row's latest firmware and emulate runs, where any ran
 (the firmware settings, e.g. mcu.kernels, change them but not the accuracy).
 """
@@ -101,7 +102,7 @@ def rows_by_chip(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             r["pick"] = False
         seeded = [r for r in judged if len(r["tests"]) >= MIN_SEEDS]
         if seeded:
-            max(seeded, key=lambda r: r["val_mean"])["pick"] = True
+            max(seeded, key=lambda r: (r["val_mean"], -r["flash_bytes"]))["pick"] = True   # a tie: the smaller
         rows.sort(key=lambda r: (r["flash_bytes"], -r["test_mean"]))
     return chips
 

@@ -28,6 +28,8 @@ def test_seeds_fold_and_the_pick_is_judged_on_validation(tmp_path):
     _run(runs, "wide-0", 9, 0, 0.99, 0.90, 2000, widths=(64, 64))       # best test, worst validation: not picked
     _run(runs, "big-0", 8, 0, 0.97, 0.96, 3000, widths=(32, 32))        # best validation but one seed
     _run(runs, "other-chip", 7, 0, 0.9, 0.9, 500, target="pfs154")
+    for seed in range(3):                                               # ties small's validation, bigger, found first
+        _run(runs, f"a-tie-{seed}", 20 + seed, seed, 0.97, [0.94, 0.95, 0.93][seed], 1500, widths=(24, 24))
     chips = chip_table.rows_by_chip(chip_table.collect(runs))
     assert set(chips) == {"ch32v003", "pfs154"}
     rows = {r["model"]: r for r in chips["ch32v003"]}
@@ -35,6 +37,7 @@ def test_seeds_fold_and_the_pick_is_judged_on_validation(tmp_path):
     assert small["seeds"] == [0, 1, 2] and small["tests"] == [95.0, 96.0, 94.0] and round(small["val_mean"], 6) == 94.0
     assert round(small["test_std"], 6) == 1.0 and small["cycles"] == 30000.0 and small["firmware_flash"] == 9000
     assert small["pick"] and not rows["FC 32/32 2bitsym, 8x8, 60 ep"]["pick"]     # needs 3 seeds
+    assert not rows["FC 24/24 2bitsym, 8x8, 60 ep"]["pick"]                      # the tie goes to the smaller
     assert small["pareto"] and rows["FC 32/32 2bitsym, 8x8, 60 ep"]["pareto"]
     assert not rows["FC 64/64 2bitsym, 8x8, 60 ep"]["pareto"]        # 16x16 has more validation with less flash
     out = chip_table.write(chips, tmp_path / "chips")
