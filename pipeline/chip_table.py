@@ -42,8 +42,8 @@ def describe(cfg: dict[str, Any]) -> str:
 
 
 def collect(runs_dir: Path) -> list[dict[str, Any]]:
-    """One dict per distinct finished run (train and export done): chip, setting, seed, figures."""
-    seen: set[tuple[str, ...]] = set()
+    """One dict per finished run (train and export done): chip, setting, seed, figures; rows_by_chip counts runs
+    with the same train and export entries once."""
     out = []
     for run in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()):
         s = _summaries(run)
@@ -51,9 +51,6 @@ def collect(runs_dir: Path) -> list[dict[str, Any]]:
             continue
         ident = (s["train"]["key"], s["export"]["key"])
         fw, emu = s.get("firmware"), s.get("emulate")
-        if ident in seen and fw is None:
-            continue
-        seen.add(ident)
         cfg = {**s["train"]["config"], **s["export"]["config"]}
         out.append({
             "run": run.name, "ident": ident, "chip": s["export"]["target"], "seed": cfg.get("train.seed"),

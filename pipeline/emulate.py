@@ -7,9 +7,9 @@ the first SERIAL_IMAGES test images as IMAGE frames (mcu/protocol.py); class and
 the C engine's, and its RESULT frames carry the cycles.
 
 Padauk demo firmware runs in ucsim's `spdk` (mcu/padauk/sim.py), which stops after every embedded image:
-its class and every logit must equal the C engine's (a table of the images that differ fails the stage); where
-the ROM holds fewer than PADAUK_CHECK_IMAGES images, the same firmware is rebuilt with the next ones in their place,
-the measured stack must fit the RAM, and the simulator's ticks per image give the cycles per inference.
+its class and every logit must equal the C engine's (a table of the images that differ fails the stage). Where
+the ROM holds fewer than PADAUK_CHECK_IMAGES images, the same firmware is rebuilt with the next ones in their
+place. The measured stack must fit the RAM, and the simulator's ticks per image give the cycles per inference.
 """
 from __future__ import annotations
 
@@ -129,19 +129,19 @@ def _padauk(ctx, fw: dict[str, Any], images: np.ndarray, labels: np.ndarray, lib
     n = int(fw["images"])
     b = sim.load(firmware.build_dir(ctx.input("firmware")), model, fw["target"], n)
     ctx.log(f"running the {fw['target']} demo firmware ({n} test images) in spdk")
-    runs = [(0, sim.run(b, model.num_classes))]
+    runs = [sim.run(b, model.num_classes)]
     # the ROM may hold a single image: the same engine and model, rebuilt with the next images in its place
     # (same sizes, so the same code and layout), until PADAUK_CHECK_IMAGES have been compared
     with tempfile.TemporaryDirectory() as tmp:
         for start in range(n, min(PADAUK_CHECK_IMAGES, len(images)), n):
             more = sim.build(model, images[start:start + n], fw["target"], Path(tmp) / str(start))
-            runs.append((start, sim.run(more, model.num_classes)))
-    m = sum(len(r.preds) for _, r in runs)
+            runs.append(sim.run(more, model.num_classes))
+    m = sum(len(r.preds) for r in runs)
     if len(runs) > 1:
         ctx.log(f"and {m - n} more test images in {len(runs) - 1} rebuilds with the images replaced")
-    got = sim.Result(*(np.concatenate([getattr(r, f) for _, r in runs]) for f in ("preds", "logits", "ticks")),
-                     startup_ticks=runs[0][1].startup_ticks, stack_bytes=max(r.stack_bytes for _, r in runs),
-                     ram_used=max(r.ram_used for _, r in runs))
+    got = sim.Result(*(np.concatenate([getattr(r, f) for r in runs]) for f in ("preds", "logits", "ticks")),
+                     startup_ticks=runs[0].startup_ticks, stack_bytes=max(r.stack_bytes for r in runs),
+                     ram_used=max(r.ram_used for r in runs))
     want = run_c(lib, images[:m], trace=False)
     bad = np.flatnonzero((got.preds != want["preds"]) | (got.logits != want["logits"]).any(axis=1))
     if bad.size:
