@@ -7,12 +7,12 @@ For each preset (its trained model comes from the store; missing stages are buil
 demo firmware is built for the preset's chip (FC presets for the CH32V002 too, which multiplies) with the
 reference kernels (BM_CFG_KERNELS=0, the row-by-row decoders and, for convs, gathered windows) and the
 fast ones (1, the default), each with kernels in SRAM and in flash, and run on the first test images
-(--images, --cnn-images for a CNN: its run time depends on the run before, CONTRACT §6 "Streaming", so the
-mean includes the first, cold run). Prints instructions and cycles per inference, cycles per weight, the
+(--images, --cnn-images for a CNN: its run time depends on its image, CONTRACT §6 "Streaming";
+benchmarks/cnn_cycles.py gives the spread over many). Prints instructions and cycles per inference, cycles per weight, the
 hot loops' cycles per weight, and the firmware's flash and RAM use.
 
-For a CNN it then runs one image twice: the second run has exact shift guesses and takes one pass over the
-conv layers, and its conv kernels' cycles divided by the pass's multiply-accumulates (conv1 and the
+For a CNN it then runs the first test image that takes one pass over the conv layers (refimpl/stream.py
+counts them), and its conv kernels' cycles divided by the pass's multiply-accumulates (conv1 and the
 depthwise layers, a pool's dropped odd row and column not computed) give the conv cycles per MAC.
 
 Cycle figures are the documented per-class model (mcu/cycles.py), about 5-10% from hardware. BitNetMCU's
@@ -35,6 +35,7 @@ from pipeline import config
 from pipeline.stage import summary
 from pipeline.stages import export
 from pipeline.stages.data import mnist_test
+from refimpl import stream
 
 BITNETMCU = {  # BitNetMCU's README: measured on boards at 48 MHz
     "default": "BitNetMCU 64/64/64 4bitsym on CH32V003: 653,965 cycles (kernel in SRAM), 903,209 (flash); "
@@ -92,7 +93,8 @@ for preset in args.presets:
     weights = summary(run / "export")["weights"]
     cnn = model.kind == "cnn"
     n_img = args.cnn_images if cnn else args.images
-    images, labels = (a[:n_img] for a in mnist_test(run / "data"))
+    test_images, test_labels = mnist_test(run / "data")
+    images, labels = test_images[:n_img], test_labels[:n_img]
     print(f"\n== {preset}: {weights:,} weights, formats {', '.join(cfg['quant.formats'])}, "
           f"mean of the first {len(images)} test images")
     print(f"   {BITNETMCU.get(preset, '')}")
@@ -117,22 +119,24 @@ for preset in args.presets:
     if not cnn:
         continue
     macs = conv_macs(model)
-    print(f"   one pass over the conv layers ({macs:,} MACs): test image 0 run twice, the second run")
+    one = next(i for i, img in enumerate(test_images)
+               if stream.run(model, img, stream.new_feat(model))["passes"] == 1)
+    print(f"   one pass over the conv layers ({macs:,} MACs): test image {one}")
     print(f"   {'chip':9} {'kernels':10} {'code in':7} {'cycles':>10} {'ms':>6} {'conv cycles':>11} {'conv cyc/MAC':>12}")
     for kernels, place in itertools.product((0, 1), ("sram", "flash")):
         name = ("reference", "fast")[kernels]
         with tempfile.TemporaryDirectory() as tmp:
             fw = Firmware(target=cfg["mcu.target"], kernels=place, where=f"benchmark {preset}")
             try:
-                b, emu = emulate(fw, model, images[[0, 0]], labels[[0, 0]], kernels, tmp)
+                b, emu = emulate(fw, model, test_images[[one]], test_labels[[one]], kernels, tmp)
             except FirmwareError as e:
                 print(f"   {cfg['mcu.target']:9} {name:10} {place:7} does not fit: {str(e).splitlines()[0]}")
                 continue
-            cyc = emu.marks[3][1] - emu.marks[2][1]
+            cyc = emu.marks[1][1] - emu.marks[0][1]
             mul = cfg["mcu.target"] != "ch32v003"
             if not mul and kernels == 0:   # bm__dot_* serve the fc layers too: not separable
                 print(f"   {cfg['mcu.target']:9} {name:10} {place:7} {cyc:10,.0f} {cyc / 48e3:6.2f}")
                 continue
-            conv = between(emu, 1, CONV if mul else CONV + ("bm__dot",))
+            conv = between(emu, 0, CONV if mul else CONV + ("bm__dot",))
             print(f"   {cfg['mcu.target']:9} {name:10} {place:7} {cyc:10,.0f} {cyc / 48e3:6.2f} {conv:11,.0f} "
                   f"{conv / macs:12.2f}")

@@ -11,7 +11,7 @@ import numpy as np
 from contract.model import PackedModel
 
 LAYER_BYTES = 32      # sizeof(bm_layer) on a 32-bit target (ilp32 / ilp32e)
-MODEL_BYTES = 44      # sizeof(bm_model) on a 32-bit target
+MODEL_BYTES = 48      # sizeof(bm_model) on a 32-bit target
 
 
 def layout(model: PackedModel) -> dict[str, Any]:
@@ -24,11 +24,11 @@ def layout(model: PackedModel) -> dict[str, Any]:
     int8 activation held whole: the N*N input, a hidden fc output or the CNN's C*H*W features; a layer's
     input is dead once its int32 outputs exist. chan_bytes: one channel's N*N working map, which the conv
     layers but the last requantize in place (none for a single conv layer). feat_bytes: the last conv
-    layer's C*H*W values kept to 8 bits, C exponents and 4 bytes per conv layer (the shifts used and
-    measured, and a channel that reached the shift, in this run and the last). ram = 4*acc_words +
+    layer's C*H*W values kept to 8 bits, C exponents and 3 bytes per conv layer (the shift used, the
+    shift measured and the channel run first). ram = 4*acc_words +
     act_bytes + chan_bytes + feat_bytes. trace_act_bytes: x0 plus every requantized output, in order.
-    flash: weight words, shift bytes (per_tensor layers store none), and the layer table + model struct
-    on a 32-bit target.
+    flash: weight words, shift bytes (per_tensor layers store none), the layer table + model struct on a
+    32-bit target, and a CNN's start state (start_bytes: two bytes per conv layer but the last).
     """
     n = int(model.image_size)
     hidden = [lay for lay in model.layers if lay.requant]
@@ -41,14 +41,15 @@ def layout(model: PackedModel) -> dict[str, Any]:
         acc.append((h - h % 2) * (w - w % 2) if convs[-1].pool else h * w)
     feats = [int(np.prod(convs[-1].out_shape))] if convs else []
     chan_bytes = n * n if len(convs) > 1 else 0
-    feat_bytes = feats[0] + int(convs[-1].n_out) + 4 * len(convs) if convs else 0
+    feat_bytes = feats[0] + int(convs[-1].n_out) + 3 * len(convs) if convs else 0
     shift_bytes = sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any())
     weight_bytes = sum(4 * int(np.asarray(lay.words).size) for lay in model.layers)
     table_bytes = LAYER_BYTES * len(model.layers) + MODEL_BYTES
+    start_bytes = 2 * (len(convs) - 1) if convs else 0
     acc_words = max([1, *acc])
     act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
     return dict(acc_words=acc_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,
                 trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),
                 ram_bytes=4 * acc_words + act_bytes + chan_bytes + feat_bytes, weight_bytes=weight_bytes,
-                shift_bytes=shift_bytes, table_bytes=table_bytes,
-                flash_bytes=weight_bytes + shift_bytes + table_bytes)
+                shift_bytes=shift_bytes, table_bytes=table_bytes, start_bytes=start_bytes,
+                flash_bytes=weight_bytes + shift_bytes + table_bytes + start_bytes)

@@ -60,6 +60,9 @@ class PackedModel:
     layers: list[PackedLayer]
     target: str | None = None         # the chip it was exported for (set by the export stage)
     sizes: dict[str, int] = field(default_factory=dict)   # buffer and flash sizes (engine/header.py layout)
+    # CNN: the streaming driver's start (CONTRACT §6): a shift guess per conv layer but the last, then a channel
+    # per such layer to run first; empty: all 0. It sets only how long a run takes, never its results.
+    stream_start: list[int] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -100,6 +103,14 @@ class PackedModel:
             shape = _check_layer(lay, shape, i == len(self.layers) - 1)
         if shape != (self.num_classes,) or self.layers[-1].kind != "fc":
             _fail("model", f"the last layer must be fc with num_classes = {self.num_classes} outputs; got {shape}")
+        self.stream_start = [int(v) for v in self.stream_start]
+        convs = [lay for lay in self.layers if lay.kind != "fc"]
+        nh = max(len(convs) - 1, 0)
+        start = self.stream_start
+        if start and (len(start) != 2 * nh or not all(0 <= g <= 24 for g in start[:nh])
+                      or not all(0 <= c < convs[0].n_out for c in start[nh:])):
+            _fail("model", f"stream_start must be empty or {nh} shifts in [0, 24], then {nh} channels below "
+                  f"{convs[0].n_out if convs else 0}; got {start}")
 
 
 def _fail(where: str, msg: str) -> None:

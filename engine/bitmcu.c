@@ -1716,9 +1716,9 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
    requantized output there and each further layer but the last overwrites it in place (bm__conv_q), a pool
    compacting it in place too; every map keeps rows N bytes apart (N x N: the input). The last layer writes
    its int32 values to m->acc, and they wait in m->feat, kept to 8 bits, for the layer's shift. m->feat holds
-   the C*H*W cached values, C exponents, then four bytes per conv layer: guess (the shifts used, kept from run
-   to run), meas (the shifts measured), hot (a channel that reached its layer's shift, kept from run to run)
-   and seen (the same for the pass under way). */
+   the C*H*W cached values, C exponents, then three bytes per conv layer: guess (the shifts used), meas (the
+   shifts measured) and hot (a channel run first). Every run starts guess and hot from m->start (the export's
+   most common shifts and top channels), so its time depends on its image only. */
 
 /* 1 when c is one of list[0..n). */
 static int32_t bm__listed(const uint8_t *list, uint32_t n, uint32_t c)
@@ -1756,7 +1756,7 @@ static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_
         plane = bm__umul(h, w);
     }
     plane = bm__umul(ch, plane);
-    return plane <= m->act_bytes && plane + ch + (n << 2) <= m->feat_bytes ? plane : 0u;
+    return plane <= m->act_bytes && plane + ch + (n << 1) + n <= m->feat_bytes ? plane : 0u;
 }
 
 /* guess[j] = to, and the next guessed layer's guess moves the other way: a layer scaled by 2^d feeds the
@@ -1776,8 +1776,8 @@ static void bm__reguess(uint8_t *guess, uint32_t j, uint32_t nh, uint32_t to)
    layer's values as bytes (bm__cnn_last), and measures every layer's true shift, exact for layer j when the
    guesses of the layers before it are. When every guess equals its measure the pass was exact and is the last;
    otherwise the first wrong guess is replaced by its measure and the pass repeats (bm__cnn_settle). Two things
-   make a wrong guess cheap: the channels that reached their layer's shift in the previous run go first, and a
-   pass stops as soon as a channel's shift exceeds its layer's guess (at most 2n such stops a run, the first
+   make a wrong guess cheap: the channels that most often hold their layer's largest value go first (m->start),
+   and a pass stops as soon as a channel's shift exceeds its layer's guess (at most 2n such stops a run, the first
    channel's conv1 shift, a lower bound of the layer's, included: then at most n whole passes follow). Then
    bm__cnn_close requantizes the last layer's bytes into m->act. The trace gets each pass's maps, so the last
    pass's stand. refimpl/stream.py is this driver in Python, step by step under the same names. */
@@ -1795,15 +1795,14 @@ typedef struct bm__cnn {
     int32_t probe;                /* 1 until the run's first channel has its conv1 shift, the first guess */
     uint8_t *cache;               /* feats bytes y >> a of the last layer, channel-major */
     uint8_t *exps;                /* a for each channel */
-    uint8_t *guess;               /* n shifts used, kept from run to run */
+    uint8_t *guess;               /* n shifts used */
     uint8_t *meas;                /* n shifts measured in the pass under way */
-    uint8_t *hot;                 /* n channels that reached their layer's shift, kept from run to run */
-    uint8_t *seen;                /* the same for the pass under way */
+    uint8_t *hot;                 /* n channels run first (m->start's) */
     int8_t *trace;                /* the first layer's trace maps, or NULL */
 } bm__cnn;
 
-/* st for a run: m->feat's regions, and the previous run's guesses and hot channels, each set to 0 when out of
-   range (a buffer never written: ShiftNorm's s is at most 24, CONTRACT §4). */
+/* st for a run: m->feat's regions, and the guesses and hot channels of m->start (0 where it is NULL or out of
+   range: ShiftNorm's s is at most 24, CONTRACT §4). */
 static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats,
                          int8_t *trace)
 {
@@ -1822,13 +1821,11 @@ static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, 
     st->guess = st->exps + st->ch;
     st->meas = st->guess + n;
     st->hot = st->meas + n;
-    st->seen = st->hot + n;
     st->trace = trace;
-    for (j = 0; j < n; j++) {
-        if (st->guess[j] > 24u)
-            st->guess[j] = 0;
-        if (st->hot[j] >= st->ch)
-            st->hot[j] = 0;
+    for (j = 0; j < st->nh; j++) {
+        uint32_t g = m->start != NULL ? m->start[j] : 0u, c = m->start != NULL ? m->start[st->nh + j] : 0u;
+        st->guess[j] = (uint8_t)(g <= 24u ? g : 0u);
+        st->hot[j] = (uint8_t)(c < st->ch ? c : 0u);
     }
 }
 
@@ -1888,9 +1885,9 @@ static void bm__cnn_trace_map(const bm__cnn *st, const bm_layer *lay, int8_t *tl
             *o++ = src[q];
 }
 
-/* Channel c, at position i of the pass, through every conv layer, measuring each layer's shift. Returns the
-   layer whose guess it proves wrong (too low, or the run's first probe differs), where the pass stops, or n. */
-static uint32_t bm__cnn_channel(bm__cnn *st, uint32_t i, uint32_t c)
+/* Channel c through every conv layer, measuring each layer's shift. Returns the layer whose guess it proves
+   wrong (too low, or the run's first probe differs), where the pass stops, or n. */
+static uint32_t bm__cnn_channel(bm__cnn *st, uint32_t c)
 {
     const bm_layer *lay = st->first;
     const int8_t *x = st->m->act;
@@ -1899,8 +1896,6 @@ static uint32_t bm__cnn_channel(bm__cnn *st, uint32_t i, uint32_t c)
     for (j = 0; j < st->nh; j++, lay++) {
         s = bm__cnn_hidden(st, lay, x, c, st->guess[j]);
         x = st->m->chan;
-        if (i == 0u || s > st->meas[j])
-            st->seen[j] = (uint8_t)c;
         if (s > st->meas[j])
             st->meas[j] = (uint8_t)s;
         if (st->stops < st->n + st->n && (s > st->guess[j] || (st->probe && s != st->guess[j]))) {
@@ -1929,7 +1924,7 @@ static uint32_t bm__cnn_pass(bm__cnn *st)
     for (i = 0; i < st->nh + st->ch && wrong == st->n; i++) {
         uint32_t c = i < st->nh ? st->hot[i] : i - st->nh;
         if (!bm__listed(st->hot, i < st->nh ? i : st->nh, c))
-            wrong = bm__cnn_channel(st, i, c);
+            wrong = bm__cnn_channel(st, c);
     }
     return wrong;
 }
@@ -1951,18 +1946,15 @@ static int32_t bm__cnn_settle(bm__cnn *st, uint32_t wrong)
     return 0;
 }
 
-/* After the exact pass: the last layer's shift s becomes its guess, this run's hot channels the next run's, and
-   ShiftNorm of the last layer with s from y >> a writes the features to m->act (x0 is dead now): a < s whenever
+/* After the exact pass: the last layer's shift s becomes its guess (for the trace), and ShiftNorm of the last layer with s from y >> a writes the features to m->act (x0 is dead now): a < s whenever
    a > 0, so (v + ((1 << (s-a)) >> 1)) >> (s-a) equals (y + ((1 << s) >> 1)) >> s. */
 static void bm__cnn_close(bm__cnn *st)
 {
     const bm_layer *last = st->first + st->nh;
-    uint32_t plane = bm__umul(last->out_h, last->out_w), i, j;
+    uint32_t plane = bm__umul(last->out_h, last->out_w), i;
     const uint8_t *v = st->cache;
     int8_t *o = st->m->act;
     st->guess[st->nh] = st->meas[st->nh];
-    for (j = 0; j < st->nh; j++)
-        st->hot[j] = st->seen[j];
     for (i = 0; i < st->ch; i++, v += plane, o += plane) {
         int32_t d = (int32_t)st->meas[st->nh] - (int32_t)st->exps[i], half = (((int32_t)1) << d) >> 1;
         uint32_t q;

@@ -251,16 +251,18 @@ typedef struct bm_layer {
    channel at a time (CONTRACT §6, "Streaming"): act holds the input x0 and then the flattened features,
    chan (N x N bytes) one channel's map, which conv1 writes and the later conv layers but the last
    overwrite in place, acc the last conv layer's int32 channel map, feat the last conv layer's values
-   kept to 8 bits, one exponent per channel and four bytes per conv layer (among them the shifts and a
-   channel of the previous run, reused as guesses, so feat must persist between runs). The generated
-   header sizes them (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan and feat are NULL
-   and 0 for fc models) and bm_run checks every layer against them. */
+   kept to 8 bits, one exponent per channel and three bytes per conv layer (the pass bookkeeping). start
+   (const, from the export) holds the shift guesses and the first channels each run starts from, one of
+   each per conv layer but the last, or is NULL (all 0): they set only how long a run takes. The generated
+   header sizes the buffers (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan, feat and start
+   are NULL and 0 for fc models) and bm_run checks every layer against them. */
 typedef struct bm_model {
     const bm_layer *layers;
     int32_t *acc;
     int8_t *act;
     int8_t *chan;
     uint8_t *feat;
+    const uint8_t *start;
     uint32_t acc_words;
     uint32_t act_bytes;
     uint32_t chan_bytes;

@@ -143,14 +143,15 @@ def render_header(model: PackedModel) -> str:
         _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output or last conv channel map"),
         _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
         _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's N x N working conv map"),
-        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 4 B/conv"),
+        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 3 B/conv"),
         _define("BM_TRACE_ACT_BYTES", sizes["trace_act_bytes"], "int8: x0 and every requantized output"),
         _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan + feat"),
         _define("BM_FLASH_WEIGHT_BYTES", sizes["weight_bytes"], "packed weight words"),
         _define("BM_FLASH_SHIFT_BYTES", sizes["shift_bytes"], "per-output shifts (none when all 0)"),
         _define("BM_FLASH_TABLE_BYTES", sizes["table_bytes"],
                 f"{len(layers)} x {LAYER_BYTES} (bm_layer) + {MODEL_BYTES} (bm_model)"),
-        _define("BM_FLASH_BYTES", sizes["flash_bytes"], "weights + shifts + table"),
+        _define("BM_FLASH_START_BYTES", sizes["start_bytes"], "CNN: the streaming driver's start state"),
+        _define("BM_FLASH_BYTES", sizes["flash_bytes"], "weights + shifts + table + start"),
     ]
     for lay in layers:
         words = np.asarray(lay.words)
@@ -167,17 +168,21 @@ def render_header(model: PackedModel) -> str:
         out += [f"    {{bm_w_{lay.name}, {k}, {int(lay.n_in)}, {int(lay.n_out)}, {int(lay.groups)}, "
                 f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay.row_words)}, "
                 f"{OPS[lay.kind]}, {_fmt_macro(lay.format)}, {1 if lay.pool else 0}}},"]
+    start = list(model.stream_start) or [0] * sizes["start_bytes"]
+    out += ["};"]
+    if start:
+        out += ["", "/* the shift guesses and first channels every run starts from (CONTRACT.md, Streaming) */",
+                f"static const uint8_t bm_start[{len(start)}] = {{{', '.join(str(v) for v in start)}}};"]
     out += [
-        "};",
         "",
         "static int32_t bm_acc_buf[BM_ACC_WORDS];",
         "static int8_t bm_act_buf[BM_ACT_BYTES];",
         *(["static int8_t bm_chan_buf[BM_CHAN_BYTES];"] if sizes["chan_bytes"] else []),
-        *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];   /* its last bytes carry shifts from run to run */"]
-          if sizes["feat_bytes"] else []),
+        *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];"] if sizes["feat_bytes"] else []),
         "",
         "static const bm_model bm_net = {bm_layers, bm_acc_buf, bm_act_buf, "
-        f"{'bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, {'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'},",
+        f"{'bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, {'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'}, "
+        f"{'bm_start' if start else 'NULL'},",
         "                                BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES, BM_IMAGE_PIXELS,",
         "                                BM_N_LAYERS, BM_IMAGE_SIZE, BM_INPUT_ZERO, BM_NUM_CLASSES};",
         "#define BM_MODEL (&bm_net)",

@@ -143,8 +143,8 @@ def memory_budget(rows: list[dict[str, Any]], totals: dict[str, Any], chip: dict
     flash_bytes, peak_ram_bytes, target, target_flash_bytes, target_ram_bytes; chip: the firmware's
     flash_used / ram_used when the firmware stage is part of the run, else empty.
     """
-    table = totals["flash_bytes"] - sum(r["flash_bytes"] for r in rows)
-    flash = [(r["layer"], r["flash_bytes"]) for r in rows] + [("layer table", table),
+    table = totals["flash_bytes"] - sum(r["flash_bytes"] for r in rows)   # layer table, model struct, start
+    flash = [(r["layer"], r["flash_bytes"]) for r in rows] + [("tables", table),
                                                                 ("model total", totals["flash_bytes"])]
     ram = ([(f"{r['layer']} output", r["activation_bytes"]) for r in rows]
            + [("engine buffers", totals["peak_ram_bytes"])])

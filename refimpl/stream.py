@@ -2,9 +2,9 @@
 
 Each function here is the C function of the same name without its bm__ prefix (bm__cnn_pass -> cnn_pass, ...),
 and works on the same buffers as the C driver: `act` (x0, then the features), `chan` (one channel's N x N
-working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the bytes that carry the
-driver's state from run to run (the last layer's cached bytes, its exponents, then per conv layer the shift
-guessed, the shift measured and the channels that reached it). A test runs images through both and compares
+working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the driver's bookkeeping
+in a run (the last layer's cached bytes, its exponents, then per conv layer the shift guessed, the shift measured
+and the channels that reached it); every run starts from the model's `stream_start`. A test runs images through both and compares
 the logits, the trace and `feat` after every run (tests/refimpl/test_stream.py). It is written for reading, not speed;
 refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
 (CONTRACT §6, "Streaming").
@@ -54,6 +54,7 @@ class Cnn:
     acc: np.ndarray                  # int64 [acc_words]: the last layer's channel map
     feat: np.ndarray                 # uint8 [feat_bytes]
     trace: np.ndarray | None         # int8: the conv layers' part of the trace, or None
+    start: list[int] = field(default_factory=list)   # the model's stream_start (empty: all 0)
     n: int = 0                       # conv layers
     nh: int = 0                      # the layers with a guessed shift: all but the last
     ch: int = 0                      # channels
@@ -63,26 +64,23 @@ class Cnn:
     probe: bool = True               # until the run's first channel has its conv1 shift, the first guess
     cache: np.ndarray = field(default=None)    # feat's regions (cnn_open): the last layer's bytes y >> a,
     exps: np.ndarray = field(default=None)     # a per channel,
-    guess: np.ndarray = field(default=None)    # the shifts used, kept from run to run,
+    guess: np.ndarray = field(default=None)    # the shifts used,
     meas: np.ndarray = field(default=None)     # the shifts measured in the pass under way,
-    hot: np.ndarray = field(default=None)      # channels that reached their layer's shift, kept from run to run,
-    seen: np.ndarray = field(default=None)     # the same for the pass under way
+    hot: np.ndarray = field(default=None)      # and the channels run first
 
 
 def cnn_open(st: Cnn, feats: int) -> None:
-    """bm__cnn_open: lay out feat and take the previous run's guesses and hot channels (0 when out of range)."""
+    """bm__cnn_open: lay out feat and take the guesses and hot channels of start (0 when out of range)."""
     st.n, st.ch, st.nn, st.feats = len(st.layers), int(st.layers[0].n_out), int(st.layers[0].in_shape[2]), feats
     st.nh, st.stops, st.probe = st.n - 1, 0, True
     off = 0
-    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n), ("hot", st.n),
-                       ("seen", st.n)):
+    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n), ("hot", st.n)):
         setattr(st, name, st.feat[off:off + size])        # views: the steps write feat itself
         off += size
-    for j in range(st.n):
-        if st.guess[j] > 24:
-            st.guess[j] = 0
-        if st.hot[j] >= st.ch:
-            st.hot[j] = 0
+    for j in range(st.nh):
+        g, c = (st.start[j], st.start[st.nh + j]) if st.start else (0, 0)
+        st.guess[j] = g if g <= 24 else 0
+        st.hot[j] = c if c < st.ch else 0
 
 
 def cnn_weights(lay: PackedLayer, c: int) -> np.ndarray:
@@ -141,16 +139,14 @@ def cnn_trace_map(st: Cnn, lay: PackedLayer, tl: int, c: int) -> None:
     st.trace[tl + c * h * v:tl + (c + 1) * h * v] = st.chan[:h, :v].reshape(-1)
 
 
-def cnn_channel(st: Cnn, i: int, c: int) -> int:
-    """bm__cnn_channel: channel c, at position i of the pass, through every conv layer. Returns the layer whose
+def cnn_channel(st: Cnn, c: int) -> int:
+    """bm__cnn_channel: channel c through every conv layer. Returns the layer whose
     guess it proves wrong (too low, or the run's first probe differs), where the pass stops, or n."""
     x = st.act[:st.nn * st.nn].reshape(st.nn, st.nn)
     tl = 0
     for j, lay in enumerate(st.layers[:st.nh]):
         s = cnn_hidden(st, lay, x, c, int(st.guess[j]))
         x = st.chan
-        if i == 0 or s > st.meas[j]:
-            st.seen[j] = c
         if s > st.meas[j]:
             st.meas[j] = s
         if st.stops < 2 * st.n and (s > st.guess[j] or (st.probe and s != st.guess[j])):
@@ -174,7 +170,7 @@ def cnn_pass(st: Cnn) -> int:
     while i < st.nh + st.ch and wrong == st.n:
         c = int(st.hot[i]) if i < st.nh else i - st.nh
         if not listed(st.hot, min(i, st.nh), c):
-            wrong = cnn_channel(st, i, c)
+            wrong = cnn_channel(st, c)
         i += 1
     return wrong
 
@@ -193,11 +189,9 @@ def cnn_settle(st: Cnn, wrong: int) -> bool:
 
 
 def cnn_close(st: Cnn) -> None:
-    """bm__cnn_close: the last layer's shift becomes its guess, the pass's hot channels the next run's, and the
-    cached bytes requantized with d = s - a_c give the features in act."""
+    """bm__cnn_close: the last layer's shift becomes its guess (for the trace), and the cached bytes requantized with d = s - a_c give the features in act."""
     s = int(st.meas[st.nh])
     st.guess[st.nh] = s
-    st.hot[:st.nh] = st.seen[:st.nh]
     plane = st.feats // st.ch
     for c in range(st.ch):
         d = s - int(st.exps[c])
@@ -243,7 +237,7 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
     hidden = sum(int(np.prod(lay.out_shape)) for lay in convs[:-1])
     st = Cnn(layers=convs, act=act, chan=np.zeros((n, n), dtype=np.int8),
              acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=feat,
-             trace=np.zeros(hidden + feats, dtype=np.int8))
+             trace=np.zeros(hidden + feats, dtype=np.int8), start=list(model.stream_start))
     shifts, passes = run_cnn(st, feats)
     acts = [x0[0], st.trace]
     x = act[:feats].reshape(1, feats)
@@ -260,3 +254,40 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
         acts.append(x[0])
         shifts.append(int(s[0]))
     raise ValueError("refimpl.stream.run: the model has no final fc layer")
+
+
+
+def start_state(model: PackedModel, pixels: np.ndarray) -> list[int]:
+    """A stream_start for a CNN from sample images uint8 [B, N, N] (training images, at export): the shifts of
+    the conv layers but the last that occur together most often, then per such layer the channel that most
+    often holds its largest value before the requant. A run of an image with these shifts and top channels
+    takes one pass; the start is a choice of speed only (results never depend on it). Empty for a model with
+    fewer than two conv layers."""
+    from refimpl.model import run as run_whole          # the fast whole-map engine
+    convs = [lay for lay in model.layers if lay.kind != "fc"]
+    nh = len(convs) - 1
+    if nh < 1 or len(pixels) == 0:
+        return []
+    res = run_whole(model, pixels)
+    shifts = np.stack([s for _, s in res["shifts"][:nh]], axis=1)
+    tuples, counts = np.unique(shifts, axis=0, return_counts=True)
+    hot = []
+    for j, lay in enumerate(convs[:nh]):
+        top = np.concatenate([_top_channels(lay, res["acts"][j][1][lo:lo + 256])
+                              for lo in range(0, len(pixels), 256)])
+        hot.append(int(np.bincount(top, minlength=int(lay.n_out)).argmax()))
+    return [int(v) for v in tuples[int(np.argmax(counts))]] + hot
+
+
+def _top_channels(lay: PackedLayer, x: np.ndarray) -> np.ndarray:
+    """Per image of the layer's int8 input x [B, C, H, W]: the channel with the largest value after conv, ReLU,
+    << k and pool (the one whose own shift is the layer's)."""
+    h, w = (int(v) - 2 for v in lay.in_shape[1:])
+    y = np.empty((x.shape[0], int(lay.n_out), h, w), dtype=np.int64)
+    K.conv3x3(np.ascontiguousarray(x), lay.words, lay.row_words, FORMAT_IDS[lay.format], lay.n_out, lay.groups,
+              lay.out_shifts.astype(np.uint8), True, y)
+    if lay.pool:
+        pooled = np.empty((x.shape[0], int(lay.n_out), h // 2, w // 2), dtype=np.int64)
+        K.maxpool2(y, pooled)
+        y = pooled
+    return y.reshape(y.shape[0], y.shape[1], -1).max(axis=2).argmax(axis=1)

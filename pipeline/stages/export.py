@@ -13,7 +13,7 @@ STAGE = Stage(
     doc="Integer model (packed weights, shifts, buffer sizes) as model.json and a generated C header",
     module="pipeline.export",
     keys=("mcu.target",),
-    inputs=("train",),
+    inputs=("train", "data"),
     outputs=(MODEL, HEADER, TABLE),
 )
 

@@ -83,3 +83,19 @@ def test_verifier_catches_flipped_rounding(tiny_store, monkeypatch):
     monkeypatch.setattr(K, "shiftnorm", round_half_down)
     count, lines = verify.compare(ref, refmodel.run(packed, pixels), "torch", "numba")
     assert count > 0 and "layer fc" in lines[0]
+
+
+def test_cnn_export_carries_the_streaming_start(tiny_pipeline):
+    from pipeline import config
+    from pipeline.stages.data import mnist_train
+    from refimpl import stream
+    from tests.conftest import TINY
+    cfg = config.load(TINY).replace(**{"data.image_size": 16, "model.kind": "cnn", "model.cnn_channels": 3,
+                                       "model.widths": [8]})
+    plan = tiny_pipeline("export", cfg)
+    packed = export_stage.model(entry(plan, "export"))
+    start = packed.stream_start
+    assert len(start) == 4 and all(0 <= c < 3 for c in start[2:])          # 3 conv layers: 2 guessed shifts
+    packed.stream_start = []
+    assert stream.start_state(packed, mnist_train(entry(plan, "data"))[0][:export.START_IMAGES]) == start
+    assert f"bm_start[4] = {{{', '.join(map(str, start))}}};" in export_stage.header(entry(plan, "export"))

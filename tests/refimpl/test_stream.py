@@ -1,6 +1,7 @@
 """refimpl/stream.py, the Python twin of the C engine's streaming CNN driver, against the C library: random CNN
 models, a sequence of images per model, and after every run the same logits, trace (every requantized layer and
-shift) and driver state (bm_model.feat: cached bytes, exponents, guessed and measured shifts, hot channels)."""
+shift) and driver state (bm_model.feat: cached bytes, exponents, guessed and measured shifts, hot channels); and
+start_state's start taking one pass on the image it came from."""
 import shutil
 from pathlib import Path
 
@@ -29,9 +30,14 @@ def stream_build_dir(tmp_path_factory) -> Path:
 
 
 def _model_and_lib(spec_i: int, seed: int, build_dir: Path):
-    """The packed model and its C library, built once per (spec, seed): the library's feat persists."""
+    """The packed model and its C library, built once per (spec, seed): the library's feat persists. Seed 0
+    keeps the empty start (guesses 0), the others take start_state's of a few random images."""
     if (spec_i, seed) not in _LIBS:
         model = from_export(random_model(CNN_SPECS[spec_i], seed).export_model())
+        if seed:
+            n = model.image_size
+            model.stream_start = stream.start_state(
+                model, np.random.default_rng(seed).integers(0, 256, (8, n, n), dtype=np.uint8))
         _LIBS[spec_i, seed] = model, load_library(build_library(render_header(model), build_dir))
     return _LIBS[spec_i, seed]
 
@@ -94,3 +100,16 @@ def test_stream_twin_matches_the_c_driver(stream_build_dir, spec_i, seed, data):
         assert twin["shifts"] == c["shifts"].tolist(), i
         assert np.array_equal(feat, c["feat"]), (i, feat.tolist(), c["feat"].tolist())
         assert np.array_equal(twin["logits"], run(model, px[None])["logits"][0]), i   # and the whole-map engine
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, len(CNN_SPECS) - 1), st.integers(0, 2), st.data())
+def test_start_state_of_an_image_runs_it_in_one_pass(spec_i, seed, data):
+    model = from_export(random_model(CNN_SPECS[spec_i], seed).export_model())
+    px = data.draw(images(model.image_size), label="image")
+    cold = stream.run(model, px, stream.new_feat(model))
+    model.stream_start = stream.start_state(model, px[None])
+    model.check()
+    warm = stream.run(model, px, stream.new_feat(model))
+    assert warm["passes"] == 1, (model.stream_start, cold["passes"])
+    assert np.array_equal(warm["logits"], cold["logits"]) and warm["shifts"] == cold["shifts"]
