@@ -98,7 +98,9 @@ def _stages_to_run() -> set[str]:
 DOIT_CONFIG = {
     "default_tasks": ["search" if SEARCH else "sweep" if SWEEP else STAGES[-1].name],
     "verbosity": 2,
-    "dep_file": str(ARTIFACTS / ".doit.db"),
+    # Whether a stage is up to date is the store's to say (Plan.up_to_date), so doit's own record is not needed
+    # between runs: kept in memory, it cannot lock out a second doit (a sweep's open sqlite transaction did).
+    "dep_file": ":memory:",
     "backend": "sqlite3",
 }
 if SWEEP:
