@@ -24,11 +24,12 @@ def layout(model: PackedModel) -> dict[str, Any]:
     int8 activation held whole: the N*N input, a hidden fc output or the CNN's C*H*W features; a layer's
     input is dead once its int32 outputs exist. chan_bytes: one channel's N*N working map, which the conv
     layers but the last requantize in place (none for a single conv layer). feat_bytes: the last conv
-    layer's C*H*W values kept to 8 bits, C exponents and 3 bytes per conv layer (the shift used, the
-    shift measured and the channel run first). ram = 4*acc_words +
+    layer's C*H*W values kept to 8 bits, C exponents and 2 bytes per conv layer (the shift used and the
+    shift measured). ram = 4*acc_words +
     act_bytes + chan_bytes + feat_bytes. trace_act_bytes: x0 plus every requantized output, in order.
     flash: weight words, shift bytes (per_tensor layers store none), the layer table + model struct on a
-    32-bit target, and a CNN's start state (start_bytes: two bytes per conv layer but the last).
+    32-bit target, and a CNN's start state (start_bytes: a shift per conv layer but the last, then the C channels' order;
+    none for a single conv layer).
     """
     n = int(model.image_size)
     hidden = [lay for lay in model.layers if lay.requant]
@@ -41,11 +42,11 @@ def layout(model: PackedModel) -> dict[str, Any]:
         acc.append((h - h % 2) * (w - w % 2) if convs[-1].pool else h * w)
     feats = [int(np.prod(convs[-1].out_shape))] if convs else []
     chan_bytes = n * n if len(convs) > 1 else 0
-    feat_bytes = feats[0] + int(convs[-1].n_out) + 3 * len(convs) if convs else 0
+    feat_bytes = feats[0] + int(convs[-1].n_out) + 2 * len(convs) if convs else 0
     shift_bytes = sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any())
     weight_bytes = sum(4 * int(np.asarray(lay.words).size) for lay in model.layers)
     table_bytes = LAYER_BYTES * len(model.layers) + MODEL_BYTES
-    start_bytes = 2 * (len(convs) - 1) if convs else 0
+    start_bytes = len(convs) - 1 + int(convs[0].n_out) if len(convs) > 1 else 0
     acc_words = max([1, *acc])
     act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
     return dict(acc_words=acc_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,

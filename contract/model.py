@@ -18,7 +18,7 @@ from contract.formats import FORMAT_IDS, FORMATS
 from contract.packing import pack, row_words
 from contract.spec import ACC_LIMIT, KINDS, MAX_OUT_SHIFT, ModelSpec, layer_bound
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LAYER_KINDS = ("fc", "conv", "dwconv")
 
 
@@ -60,8 +60,9 @@ class PackedModel:
     layers: list[PackedLayer]
     target: str | None = None         # the chip it was exported for (set by the export stage)
     sizes: dict[str, int] = field(default_factory=dict)   # buffer and flash sizes (engine/header.py layout)
-    # CNN: the streaming driver's start (CONTRACT §6): a shift guess per conv layer but the last, then a channel
-    # per such layer to run first; empty: all 0. It sets only how long a run takes, never its results.
+    # CNN: the streaming driver's start (CONTRACT §6): a shift guess per conv layer but the last, then the C
+    # channels in the order a pass takes them; empty: guesses 0, channels in order. It sets only how long a run
+    # takes, never its results.
     stream_start: list[int] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
 
@@ -107,10 +108,11 @@ class PackedModel:
         convs = [lay for lay in self.layers if lay.kind != "fc"]
         nh = max(len(convs) - 1, 0)
         start = self.stream_start
-        if start and (len(start) != 2 * nh or not all(0 <= g <= 24 for g in start[:nh])
-                      or not all(0 <= c < convs[0].n_out for c in start[nh:])):
-            _fail("model", f"stream_start must be empty or {nh} shifts in [0, 24], then {nh} channels below "
-                  f"{convs[0].n_out if convs else 0}; got {start}")
+        ch = convs[0].n_out if convs else 0
+        if start and (nh < 1 or len(start) != nh + ch or not all(0 <= g <= 24 for g in start[:nh])
+                      or sorted(start[nh:]) != list(range(ch))):
+            _fail("model", f"stream_start must be empty or {nh} shifts in [0, 24], then the channels 0 to {ch - 1} "
+                  f"in some order; got {start}")
 
 
 def _fail(where: str, msg: str) -> None:

@@ -1716,18 +1716,9 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
    requantized output there and each further layer but the last overwrites it in place (bm__conv_q), a pool
    compacting it in place too; every map keeps rows N bytes apart (N x N: the input). The last layer writes
    its int32 values to m->acc, and they wait in m->feat, kept to 8 bits, for the layer's shift. m->feat holds
-   the C*H*W cached values, C exponents, then three bytes per conv layer: guess (the shifts used), meas (the
-   shifts measured) and hot (a channel run first). Every run starts guess and hot from m->start (the export's
-   most common shifts and top channels), so its time depends on its image only. */
-
-/* 1 when c is one of list[0..n). */
-static int32_t bm__listed(const uint8_t *list, uint32_t n, uint32_t c)
-{
-    for (; n > 0u; n--)
-        if (*list++ == c)
-            return 1;
-    return 0;
-}
+   the C*H*W cached values, C exponents, then two bytes per conv layer: guess (the shifts used) and meas (the
+   shifts measured). Every run starts its guesses from m->start and takes the channels in m->start's order
+   (the export's choice for speed), so its time depends on its image only. */
 
 /* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input), then depthwise
    C -> C layers, each on the map the previous one gives, and must fit m's buffers (engine/header.py
@@ -1756,7 +1747,7 @@ static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_
         plane = bm__umul(h, w);
     }
     plane = bm__umul(ch, plane);
-    return plane <= m->act_bytes && plane + ch + (n << 1) + n <= m->feat_bytes ? plane : 0u;
+    return plane <= m->act_bytes && plane + ch + (n << 1) <= m->feat_bytes ? plane : 0u;
 }
 
 /* guess[j] = to, and the next guessed layer's guess moves the other way: a layer scaled by 2^d feeds the
@@ -1776,7 +1767,7 @@ static void bm__reguess(uint8_t *guess, uint32_t j, uint32_t nh, uint32_t to)
    layer's values as bytes (bm__cnn_last), and measures every layer's true shift, exact for layer j when the
    guesses of the layers before it are. When every guess equals its measure the pass was exact and is the last;
    otherwise the first wrong guess is replaced by its measure and the pass repeats (bm__cnn_settle). Two things
-   make a wrong guess cheap: the channels that most often hold their layer's largest value go first (m->start),
+   make a wrong guess cheap: the channels that most often reach their layer's shift go first (m->start's order),
    and a pass stops as soon as a channel's shift exceeds its layer's guess (at most 2n such stops a run, the first
    channel's conv1 shift, a lower bound of the layer's, included: then at most n whole passes follow). Then
    bm__cnn_close requantizes the last layer's bytes into m->act. The trace gets each pass's maps, so the last
@@ -1797,12 +1788,12 @@ typedef struct bm__cnn {
     uint8_t *exps;                /* a for each channel */
     uint8_t *guess;               /* n shifts used */
     uint8_t *meas;                /* n shifts measured in the pass under way */
-    uint8_t *hot;                 /* n channels run first (m->start's) */
+    const uint8_t *order;         /* the channels in the order a pass takes them, or NULL: 0, 1, ... */
     int8_t *trace;                /* the first layer's trace maps, or NULL */
 } bm__cnn;
 
-/* st for a run: m->feat's regions, and the guesses and hot channels of m->start (0 where it is NULL or out of
-   range: ShiftNorm's s is at most 24, CONTRACT §4). */
+/* st for a run: m->feat's regions, and the guesses and channel order of m->start (guesses 0 where it is NULL or
+   out of range: ShiftNorm's s is at most 24, CONTRACT §4). */
 static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats,
                          int8_t *trace)
 {
@@ -1820,12 +1811,11 @@ static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, 
     st->exps = st->cache + feats;
     st->guess = st->exps + st->ch;
     st->meas = st->guess + n;
-    st->hot = st->meas + n;
+    st->order = m->start != NULL ? m->start + st->nh : NULL;
     st->trace = trace;
     for (j = 0; j < st->nh; j++) {
-        uint32_t g = m->start != NULL ? m->start[j] : 0u, c = m->start != NULL ? m->start[st->nh + j] : 0u;
+        uint32_t g = m->start != NULL ? m->start[j] : 0u;
         st->guess[j] = (uint8_t)(g <= 24u ? g : 0u);
-        st->hot[j] = (uint8_t)(c < st->ch ? c : 0u);
     }
 }
 
@@ -1914,16 +1904,16 @@ static uint32_t bm__cnn_channel(bm__cnn *st, uint32_t c)
     return st->n;
 }
 
-/* One pass: the measures start at 0, then every channel in order of position i: hot[i] for i < nh (each
-   channel once), then channel i - nh unless it was hot. Returns where it stopped (bm__cnn_channel), or n. */
+/* One pass: the measures start at 0, then every channel in st->order (a permutation of the channels, checked
+   at export; an entry out of range is skipped). Returns where it stopped (bm__cnn_channel), or n. */
 static uint32_t bm__cnn_pass(bm__cnn *st)
 {
     uint32_t i, j, wrong = st->n;
     for (j = 0; j < st->n; j++)
         st->meas[j] = 0;
-    for (i = 0; i < st->nh + st->ch && wrong == st->n; i++) {
-        uint32_t c = i < st->nh ? st->hot[i] : i - st->nh;
-        if (!bm__listed(st->hot, i < st->nh ? i : st->nh, c))
+    for (i = 0; i < st->ch && wrong == st->n; i++) {
+        uint32_t c = st->order != NULL ? st->order[i] : i;
+        if (c < st->ch)
             wrong = bm__cnn_channel(st, c);
     }
     return wrong;

@@ -251,9 +251,10 @@ typedef struct bm_layer {
    channel at a time (CONTRACT §6, "Streaming"): act holds the input x0 and then the flattened features,
    chan (N x N bytes) one channel's map, which conv1 writes and the later conv layers but the last
    overwrite in place, acc the last conv layer's int32 channel map, feat the last conv layer's values
-   kept to 8 bits, one exponent per channel and three bytes per conv layer (the pass bookkeeping). start
-   (const, from the export) holds the shift guesses and the first channels each run starts from, one of
-   each per conv layer but the last, or is NULL (all 0): they set only how long a run takes. The generated
+   kept to 8 bits, one exponent per channel and two bytes per conv layer (the pass bookkeeping). start
+   (const, from the export) holds the shift guesses each run starts from, one per conv layer but the last,
+   then the C channels in the order a pass takes them (a permutation), or is NULL (guesses 0, channels in
+   order): it sets only how long a run takes. The generated
    header sizes the buffers (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan, feat and start
    are NULL and 0 for fc models) and bm_run checks every layer against them. */
 typedef struct bm_model {

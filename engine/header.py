@@ -143,7 +143,7 @@ def render_header(model: PackedModel) -> str:
         _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output or last conv channel map"),
         _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
         _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's N x N working conv map"),
-        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 3 B/conv"),
+        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 2 B/conv"),
         _define("BM_TRACE_ACT_BYTES", sizes["trace_act_bytes"], "int8: x0 and every requantized output"),
         _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan + feat"),
         _define("BM_FLASH_WEIGHT_BYTES", sizes["weight_bytes"], "packed weight words"),
@@ -168,10 +168,12 @@ def render_header(model: PackedModel) -> str:
         out += [f"    {{bm_w_{lay.name}, {k}, {int(lay.n_in)}, {int(lay.n_out)}, {int(lay.groups)}, "
                 f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay.row_words)}, "
                 f"{OPS[lay.kind]}, {_fmt_macro(lay.format)}, {1 if lay.pool else 0}}},"]
-    start = list(model.stream_start) or [0] * sizes["start_bytes"]
+    nh = sum(lay.kind != "fc" for lay in layers) - 1
+    start = list(model.stream_start) or ([0] * nh + list(range(int(layers[0].n_out))) if nh > 0 else [])
     out += ["};"]
     if start:
-        out += ["", "/* the shift guesses and first channels every run starts from (CONTRACT.md, Streaming) */",
+        out += ["", "/* the shift guesses each run starts from, then the channels in pass order (CONTRACT.md, "
+                "Streaming) */",
                 f"static const uint8_t bm_start[{len(start)}] = {{{', '.join(str(v) for v in start)}}};"]
     out += [
         "",

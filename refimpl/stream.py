@@ -3,8 +3,8 @@
 Each function here is the C function of the same name without its bm__ prefix (bm__cnn_pass -> cnn_pass, ...),
 and works on the same buffers as the C driver: `act` (x0, then the features), `chan` (one channel's N x N
 working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the driver's bookkeeping
-in a run (the last layer's cached bytes, its exponents, then per conv layer the shift guessed, the shift measured
-and the channels that reached it); every run starts from the model's `stream_start`. A test runs images through both and compares
+in a run (the last layer's cached bytes, its exponents, then per conv layer the shift guessed and the shift
+measured); every run starts from the model's `stream_start` (guesses and channel order). A test runs images through both and compares
 the logits, the trace and `feat` after every run (tests/refimpl/test_stream.py). It is written for reading, not speed;
 refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
 (CONTRACT §6, "Streaming").
@@ -25,11 +25,6 @@ from refimpl import kernels as K
 def shift_to(m: int, bits: int) -> int:
     """bm__shift_to: the smallest s >= 0 with (m >> s) < 2^bits, for m >= 0."""
     return max(0, int(m).bit_length() - bits)
-
-
-def listed(hot: np.ndarray, n: int, c: int) -> bool:
-    """bm__listed: c is one of hot[0..n)."""
-    return c in hot[:n].tolist()
 
 
 def cnn_features(model: PackedModel, convs: list[PackedLayer]) -> int:
@@ -66,21 +61,22 @@ class Cnn:
     exps: np.ndarray = field(default=None)     # a per channel,
     guess: np.ndarray = field(default=None)    # the shifts used,
     meas: np.ndarray = field(default=None)     # the shifts measured in the pass under way,
-    hot: np.ndarray = field(default=None)      # and the channels run first
+    order: list[int] = field(default_factory=list)   # the channels in the order a pass takes them
+    work: int = 0                    # conv values computed in this run (Python only: start_state's measure)
 
 
 def cnn_open(st: Cnn, feats: int) -> None:
-    """bm__cnn_open: lay out feat and take the guesses and hot channels of start (0 when out of range)."""
+    """bm__cnn_open: lay out feat and take the guesses (0 when out of range) and channel order of start."""
     st.n, st.ch, st.nn, st.feats = len(st.layers), int(st.layers[0].n_out), int(st.layers[0].in_shape[2]), feats
     st.nh, st.stops, st.probe = st.n - 1, 0, True
     off = 0
-    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n), ("hot", st.n)):
+    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n)):
         setattr(st, name, st.feat[off:off + size])        # views: the steps write feat itself
         off += size
+    st.order = list(st.start[st.nh:]) if st.start else list(range(st.ch))
     for j in range(st.nh):
-        g, c = (st.start[j], st.start[st.nh + j]) if st.start else (0, 0)
+        g = st.start[j] if st.start else 0
         st.guess[j] = g if g <= 24 else 0
-        st.hot[j] = c if c < st.ch else 0
 
 
 def cnn_weights(lay: PackedLayer, c: int) -> np.ndarray:
@@ -107,7 +103,9 @@ def _conv_pooled(st: Cnn, lay: PackedLayer, x: np.ndarray, c: int) -> np.ndarray
     h, v = int(lay.in_shape[1]) - 2, int(lay.in_shape[2]) - 2
     w = cnn_weights(lay, c)
     if lay.pool:
+        st.work += (h & ~1) * (v & ~1)
         return _pool(_conv(x, w, h & ~1, v & ~1))
+    st.work += h * v
     return _conv(x, w, h, v)
 
 
@@ -163,15 +161,14 @@ def cnn_channel(st: Cnn, c: int) -> int:
 
 
 def cnn_pass(st: Cnn) -> int:
-    """bm__cnn_pass: every channel, hot[i] for positions i < nh (each channel once), then channel i - nh
-    unless it was hot. Returns where the pass stopped, or n."""
+    """bm__cnn_pass: every channel in st.order. Returns where the pass stopped, or n."""
     st.meas[:] = 0
-    wrong, i = st.n, 0
-    while i < st.nh + st.ch and wrong == st.n:
-        c = int(st.hot[i]) if i < st.nh else i - st.nh
-        if not listed(st.hot, min(i, st.nh), c):
-            wrong = cnn_channel(st, c)
-        i += 1
+    wrong = st.n
+    for c in st.order:
+        if wrong != st.n:
+            break
+        if c < st.ch:
+            wrong = cnn_channel(st, int(c))
     return wrong
 
 
@@ -257,31 +254,58 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
 
 
 
-def start_state(model: PackedModel, pixels: np.ndarray) -> list[int]:
-    """A stream_start for a CNN from sample images uint8 [B, N, N] (training images, at export): the shifts of
-    the conv layers but the last that occur together most often, then per such layer the channel that most
-    often holds its largest value before the requant. A run of an image with these shifts and top channels
-    takes one pass; the start is a choice of speed only (results never depend on it). Empty for a model with
+
+def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 200) -> list[int]:
+    """A stream_start for a CNN from sample images uint8 [B, N, N] (training images, at export); a choice of
+    speed only (results never depend on it). The channel order: the channel most often at conv1's shift (the
+    run's probe), then the others most often at their layer's shift first (summed over the layers with a guessed
+    shift), so that a pass meets a too-low guess early. The guesses: of the shifts that occur together most
+    often, and that tuple lowered by one in any subset of its layers (a guess too high costs a whole pass, one
+    too low a stop after a channel or two), the one whose slowest run over the first `tries` images computes the
+    fewest conv values (then the fewest on average). Empty for a model with
     fewer than two conv layers."""
     from refimpl.model import run as run_whole          # the fast whole-map engine
     convs = [lay for lay in model.layers if lay.kind != "fc"]
     nh = len(convs) - 1
     if nh < 1 or len(pixels) == 0:
         return []
+    ch = int(convs[0].n_out)
     res = run_whole(model, pixels)
     shifts = np.stack([s for _, s in res["shifts"][:nh]], axis=1)
-    tuples, counts = np.unique(shifts, axis=0, return_counts=True)
-    hot = []
+    reach = np.zeros((nh, ch))
     for j, lay in enumerate(convs[:nh]):
-        top = np.concatenate([_top_channels(lay, res["acts"][j][1][lo:lo + 256])
-                              for lo in range(0, len(pixels), 256)])
-        hot.append(int(np.bincount(top, minlength=int(lay.n_out)).argmax()))
-    return [int(v) for v in tuples[int(np.argmax(counts))]] + hot
+        own = np.concatenate([_own_shifts(lay, res["acts"][j][1][lo:lo + 256]) for lo in range(0, len(pixels), 256)])
+        reach[j] = (own == shifts[:, j:j + 1]).mean(axis=0)
+    probe = int(np.argmax(reach[0]))                     # the first channel sets conv1's guess (bm__cnn_channel)
+    order = [probe] + [int(c) for c in np.argsort(-reach.sum(axis=0), kind="stable") if c != probe]
+    tuples, counts = np.unique(shifts, axis=0, return_counts=True)
+    mode = tuples[int(np.argmax(counts))]
+    best, best_cost = [], None
+    for low in range(1 << nh):
+        guess = [max(int(g) - (low >> j & 1), 0) for j, g in enumerate(mode)]
+        work = [_work(model, convs, guess + order, px) for px in pixels[:tries]]
+        cost = (max(work), sum(work))
+        if best_cost is None or cost < best_cost:
+            best, best_cost = guess, cost
+    return best + order
 
 
-def _top_channels(lay: PackedLayer, x: np.ndarray) -> np.ndarray:
-    """Per image of the layer's int8 input x [B, C, H, W]: the channel with the largest value after conv, ReLU,
-    << k and pool (the one whose own shift is the layer's)."""
+def _work(model: PackedModel, convs: list[PackedLayer], start: list[int], pixels: np.ndarray) -> int:
+    """Conv values one run of image pixels [N, N] computes from start (passes stopped early included)."""
+    sizes, n = layout(model), int(model.image_size)
+    act = np.zeros(sizes["act_bytes"], dtype=np.int8)
+    x0 = np.empty((1, n * n), dtype=np.int8)
+    K.input(np.ascontiguousarray(pixels.reshape(1, n * n)), int(model.input_zero), x0)
+    act[:n * n] = x0[0]
+    st = Cnn(layers=convs, act=act, chan=np.zeros((n, n), dtype=np.int8),
+             acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=new_feat(model), trace=None, start=start)
+    run_cnn(st, cnn_features(model, convs))
+    return st.work
+
+
+def _own_shifts(lay: PackedLayer, x: np.ndarray) -> np.ndarray:
+    """Per image of the layer's int8 input x [B, C, H, W] and channel: the shift of the channel's own maximum after
+    conv, ReLU, << k and pool (bm__cnn_hidden's return value) [B, C]."""
     h, w = (int(v) - 2 for v in lay.in_shape[1:])
     y = np.empty((x.shape[0], int(lay.n_out), h, w), dtype=np.int64)
     K.conv3x3(np.ascontiguousarray(x), lay.words, lay.row_words, FORMAT_IDS[lay.format], lay.n_out, lay.groups,
@@ -290,4 +314,5 @@ def _top_channels(lay: PackedLayer, x: np.ndarray) -> np.ndarray:
         pooled = np.empty((x.shape[0], int(lay.n_out), h // 2, w // 2), dtype=np.int64)
         K.maxpool2(y, pooled)
         y = pooled
-    return y.reshape(y.shape[0], y.shape[1], -1).max(axis=2).argmax(axis=1)
+    top = y.reshape(y.shape[0], y.shape[1], -1).max(axis=2)
+    return np.vectorize(lambda m: max(0, int(m).bit_length() - 7), otypes=[np.int64])(top)
