@@ -20,7 +20,7 @@ import numpy as np
 from engine.build import load_library, run_c
 from mcu import protocol
 from mcu.analysis import FirmwareError
-from mcu.build import Firmware, build
+from mcu.build import Firmware, build, placement
 from mcu.emulator import Emulator
 from pipeline.stage import summary
 from pipeline.stages import export, library
@@ -64,7 +64,8 @@ with tempfile.TemporaryDirectory() as tmp:
             print(f"  {i + 1} of {len(images)} images", flush=True)
 passes = np.array([stream.run(model, img, stream.new_feat(model))["passes"] for img in images])
 c = np.array(cycles, dtype=np.float64)
-print(f"{args.run.name}: {target}, kernels in {kernels}, {len(c)} test images, emulated = C engine on every one")
+print(f"{args.run.name}: {target}, {placement(kernels, b.sram_functions)}, {len(c)} test images, "
+      "emulated = C engine on every one")
 print(f"  estimated cycles: mean {c.mean():,.0f}, median {np.median(c):,.0f}, p90 {np.percentile(c, 90):,.0f}, "
       f"p99 {np.percentile(c, 99):,.0f}, min {c.min():,.0f}, max {c.max():,.0f}")
 print(f"  above {args.limit:,}: {(c > args.limit).sum()} of {len(c)} ({100 * (c > args.limit).mean():.1f}%)")

@@ -368,6 +368,7 @@ typedef struct bm__fmt {
 #if BM__HAS_COLS
 #define BM__TAB_WORD 128        /* int16 per word column: 8 fields x 16 values, or 4 bytes x 32 masks */
 #define BM__MAX_PER_WORD 32     /* codes per word of the column formats (binary) */
+#define BM__TAB_BYTES (2 * BM__TAB_WORD * BM_CFG_FC_WORDS)   /* a table block, 2-aligned */
 
 /* The int16 at byte offset off of t: the row kernels turn a field into a byte offset with one shift
    and one mask, and the field position goes into the load's constant offset. */
@@ -586,11 +587,11 @@ BM__HOT static void bm__rows_ternary(const uint32_t *w, uint32_t stride, int32_t
 #endif
 
 #if BM__HAS_COLS
-/* out[o] = sum_i x[i] w[o][i] (CONTRACT §3, before the shift) for format d, one with column tables. */
+/* out[o] = sum_i x[i] w[o][i] (CONTRACT §3, before the shift) for format d, one with column tables, built in
+   tab (BM__TAB_BYTES). */
 static void bm__columns(const bm__fmt *d, const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words,
-                        int32_t n_out, int32_t *out)
+                        int32_t n_out, int32_t *out, int16_t *tab)
 {
-    int16_t tab[BM__TAB_WORD * BM_CFG_FC_WORDS];
     int8_t pad[BM__MAX_PER_WORD];
     bm__tab_fn build = d->tab;
     bm__rows_fn rows = d->rows;
@@ -1061,10 +1062,12 @@ bm_status bm_input(const uint8_t *pixels, int32_t n, int32_t zero, int8_t *out)
     return BM_OK;
 }
 
-bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words, int32_t fmt,
-                int32_t n_out, const uint8_t *out_shifts, int32_t relu, int32_t *out)
+/* bm_fc with the column tables (if its kernels use them) in tab: BM__TAB_BYTES, 2-aligned */
+static bm_status bm__fc_in(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words, int32_t fmt,
+                           int32_t n_out, const uint8_t *out_shifts, int32_t relu, int32_t *out, int16_t *tab)
 {
     bm_status st;
+    (void)tab;
     if (!bm__fmt_in(fmt, BM_CFG_FC_FORMATS))
         return BM_ERR_FORMAT;
     if (x == NULL || words == NULL || out == NULL || n_in < 1 || n_out < 1)
@@ -1080,7 +1083,7 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
 #endif
     {
 #if BM__HAS_COLS
-        bm__columns(&bm__fmts[fmt], x, n_in, words, row_words, n_out, out);    /* the others */
+        bm__columns(&bm__fmts[fmt], x, n_in, words, row_words, n_out, out, tab);    /* the others */
 #endif
     }
     for (; n_out > 0; n_out--, out++) {        /* out holds the sums: CONTRACT §3's shift */
@@ -1096,6 +1099,17 @@ bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t ro
     }
 #endif
     return BM_OK;
+}
+
+bm_status bm_fc(const int8_t *x, int32_t n_in, const uint32_t *words, int32_t row_words, int32_t fmt,
+                int32_t n_out, const uint8_t *out_shifts, int32_t relu, int32_t *out)
+{
+#if BM__HAS_COLS
+    int16_t tab[BM__TAB_BYTES / 2];
+#else
+    int16_t *tab = NULL;
+#endif
+    return bm__fc_in(x, n_in, words, row_words, fmt, n_out, out_shifts, relu, out, tab);
 }
 
 
@@ -1986,6 +2000,19 @@ static void bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, ui
 }
 #endif /* BM_CFG_CNN */
 
+/* An fc layer of bm_run on m->act. With BM_CFG_FC_TABLE_IN_CHAN its column tables go to m->chan, the conv
+   layers' working map, dead once they are done (bm_run checks it holds them), instead of bm_fc's stack. */
+static bm_status bm__run_fc(const bm_model *m, const bm_layer *lay, int32_t relu, int32_t *out)
+{
+#if BM__HAS_COLS && BM_CFG_FC_TABLE_IN_CHAN
+    return bm__fc_in(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts,
+                     relu, out, (int16_t *)(void *)m->chan);
+#else
+    return bm_fc(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts, relu,
+                 out);
+#endif
+}
+
 bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int32_t *logits_out)
 {
     const bm_layer *lay, *last;
@@ -1999,6 +2026,10 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
     last = m->layers + (m->n_layers - 1);
     if (last->op != BM_OP_FC || last->n_out != m->num_classes)
         return BM_ERR_ARG;
+#if BM__HAS_COLS && BM_CFG_FC_TABLE_IN_CHAN
+    if (m->chan == NULL || m->chan_bytes < BM__TAB_BYTES || ((uintptr_t)m->chan & 1u) != 0u)
+        return BM_ERR_ARG;                    /* no room for the fc tables in chan */
+#endif
     if (trace != NULL) {
         t_acts = trace->acts;
         t_shifts = trace->shifts;
@@ -2040,8 +2071,7 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
         int32_t s;
         if (lay->op != BM_OP_FC || lay->n_in != len || lay->n_out > m->acc_words || lay->n_out > m->act_bytes)
             return BM_ERR_ARG;
-        st = bm_fc(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts, 1,
-                   m->acc);
+        st = bm__run_fc(m, lay, 1, m->acc);
         if (st != BM_OK)
             return st;
         s = bm_shiftnorm(m->acc, lay->n_out, m->act);   /* the input is no longer needed */
@@ -2054,8 +2084,7 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
     }
     if (last->n_in != len)
         return BM_ERR_ARG;
-    st = bm_fc(m->act, last->n_in, last->words, last->row_words, last->format, last->n_out,
-               last->out_shifts, 0, logits_out);
+    st = bm__run_fc(m, last, 0, logits_out);
     if (st == BM_OK && trace != NULL && trace->logits != NULL) {
         int32_t o, *dst = trace->logits;
         for (o = 0; o < last->n_out; o++)

@@ -179,11 +179,13 @@ def render_header(model: PackedModel) -> str:
         "",
         "static int32_t bm_acc_buf[BM_ACC_WORDS];",
         "static int8_t bm_act_buf[BM_ACT_BYTES];",
-        *(["static int8_t bm_chan_buf[BM_CHAN_BYTES];"] if sizes["chan_bytes"] else []),
+        # int16_t: 2-aligned, so that bm_run may build fc column tables in it (BM_CFG_FC_TABLE_IN_CHAN)
+        *(["static int16_t bm_chan_buf[(BM_CHAN_BYTES + 1) / 2];"] if sizes["chan_bytes"] else []),
         *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];"] if sizes["feat_bytes"] else []),
         "",
         "static const bm_model bm_net = {bm_layers, bm_acc_buf, bm_act_buf, "
-        f"{'bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, {'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'}, "
+        f"{'(int8_t *)bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, "
+        f"{'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'}, "
         f"{'bm_start' if start else 'NULL'},",
         "                                BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES, BM_IMAGE_PIXELS,",
         "                                BM_N_LAYERS, BM_IMAGE_SIZE, BM_INPUT_ZERO, BM_NUM_CLASSES};",

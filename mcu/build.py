@@ -12,7 +12,9 @@ multiply or divide helper.
 
 mcu.kernels: sram renames the kernels' sections (SRAM_KERNELS, the loops over the weights) to
 .ramfunc.<name>, which link.ld loads in flash and start.S copies to SRAM: code fetched from SRAM
-runs without the flash wait state (WCH's CH32V003 reference manual, FLASH_ACTLR).
+runs without the flash wait state (WCH's CH32V003 reference manual, FLASH_ACTLR). mcu.kernels: fit
+moves those that fit in the SRAM the firmware leaves free, hottest first (FIT_ORDER), and the rest
+stay in flash: on the CH32V003 a CNN's conv1 kernel fits where all of them do not.
 """
 from __future__ import annotations
 
@@ -49,6 +51,12 @@ CFLAGS = ["-Os", "-g", "-std=c99", "-ffreestanding", "-nostdlib", "-nostartfiles
 # to SRAM only for a model with conv layers.
 SRAM_KERNELS = re.compile(r"^(bm_fc|bm__(dot|fc|tab|rows|out_shift)\w*)(\.\w+)*$")
 SRAM_CONV_KERNELS = re.compile(r"^(bm_conv3x3|bm__conv\w*)(\.\w+)*$")
+# mcu.kernels: fit takes the kernels in this order (the first pattern a name matches): a CNN's conv kernels
+# take most of its time (conv1's bm__conv_q most, benchmarks/cnn_cycles.py), then the fc loops
+FIT_ORDER = [re.compile(p) for p in (r"^bm__conv_q\b", r"^bm__conv_pool\b", r"^bm__rows", r"^bm__tab", r"^bm__dot",
+                                     r"^bm__fc", r"^bm__conv", r"")]
+KERNEL_PLACES = ("sram", "flash", "fit")
+TAB_BYTES = 256     # engine/bitmcu.c BM__TAB_BYTES with BM_CFG_FC_WORDS 1: the fc tables bm_run may put in chan
 ELF, BIN, MAP, LISTING = "firmware.elf", "firmware.bin", "firmware.map", "firmware.lst"
 TOOL_HINT = ("Debian/Ubuntu: apt-get install gcc-riscv64-unknown-elf (./run does it when run as root); "
              "or `nix develop`")
@@ -59,7 +67,7 @@ class Firmware:
     """What to build: the mcu.* settings, and where they came from (named in every error)."""
     target: str = "ch32v003"
     mode: str = "demo"                       # demo | serial
-    kernels: str = "sram"                    # sram | flash
+    kernels: str = "sram"                    # sram | flash | fit
     segment_pins: tuple[str, ...] = ()       # serial mode: a..g(, dp) pins, e.g. ("PC0", ...)
     segment_active_low: bool = False
     where: str = "config"                    # the config it came from, for messages
@@ -69,7 +77,7 @@ class Firmware:
             raise FirmwareError(f"{self.where}: mcu.target {self.target} is a {CHIPS[self.target].family} part; "
                                 f"the firmware stage builds for the RISC-V chips {', '.join(RISCV_NAMES)} "
                                 "(Padauk parts: mcu/padauk/firmware.py)")
-        if self.target not in CHIPS or self.mode not in SOURCES or self.kernels not in ("sram", "flash"):
+        if self.target not in CHIPS or self.mode not in SOURCES or self.kernels not in KERNEL_PLACES:
             raise FirmwareError(f"{self.where}: unknown firmware target/mode/kernels "
                                 f"{self.target}/{self.mode}/{self.kernels}")
 
@@ -112,7 +120,8 @@ class Build:
         if self.sizes.ram_used > CHIPS[self.fw.target].ram:
             ramfunc = sum(r["ram"] for r in self.sizes.sections if r["section"] == ".ramfunc")
             if self.fw.kernels == "sram":
-                hints.append(f"RAM: use mcu.kernels: flash to keep the kernels ({ramfunc} bytes) out of SRAM")
+                hints.append(f"RAM: use mcu.kernels: fit (those that fit in SRAM) or flash (the kernels' {ramfunc} "
+                             "bytes out of SRAM)")
             hints.append("RAM: or a model with smaller activation buffers" + _bigger(self.fw.target, "ram"))
         return hints
 
@@ -192,11 +201,35 @@ def _bigger(target: str, memory: str) -> str:
     return f", or mcu.target: {' or '.join(more)}" if more else ""
 
 
-def move_to_sram(obj: Path, conv: bool) -> list[str]:
-    """Rename obj's kernel sections .text.<f> to .ramfunc.<f>; returns the functions moved."""
+def placement(kernels: str, sram_functions: Sequence[str]) -> str:
+    """Where a firmware's kernels run, for messages: "kernels in flash", or with fit the ones it moved."""
+    if kernels != "fit":
+        return f"kernels in {kernels}"
+    return f"kernels fit: {', '.join(sram_functions) or 'none'} in SRAM"
+
+
+def kernel_sections(obj: Path, conv: bool) -> dict[str, int]:
+    """obj's kernel functions that mcu.kernels: sram moves (the conv kernels only for a CNN), with their sizes."""
     with open(obj, "rb") as f:
-        funcs = [s.name[len(".text."):] for s in ELFFile(f).iter_sections() if s.name.startswith(".text.")]
-    moved = [n for n in funcs if SRAM_KERNELS.match(n) or (conv and SRAM_CONV_KERNELS.match(n))]
+        secs = {s.name[len(".text."):]: s["sh_size"] for s in ELFFile(f).iter_sections() if s.name.startswith(".text.")}
+    return {n: size for n, size in secs.items() if SRAM_KERNELS.match(n) or (conv and SRAM_CONV_KERNELS.match(n))}
+
+
+def fit_kernels(kernels: dict[str, int], free: int) -> list[str]:
+    """The kernels (name: bytes) that mcu.kernels: fit moves into `free` bytes of SRAM: in FIT_ORDER, each that
+    still fits (4 bytes of alignment allowed for each)."""
+    order = sorted(kernels, key=lambda n: (next(i for i, p in enumerate(FIT_ORDER) if p.match(n)), n))
+    chosen = []
+    for n in order:
+        if kernels[n] + 4 <= free:
+            chosen.append(n)
+            free -= kernels[n] + 4
+    return chosen
+
+
+def move_to_sram(obj: Path, moved: Sequence[str]) -> list[str]:
+    """Rename obj's sections .text.<f> to .ramfunc.<f> for the functions `moved`; returns them."""
+    moved = list(moved)
     if moved:
         _run([OBJCOPY, *(f"--rename-section=.text.{m}=.ramfunc.{m}" for m in moved), str(obj)],
              f"moving kernels of {obj.name} to .ramfunc")
@@ -243,10 +276,34 @@ def build(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray | None
     defines = [f"BM_CFG_FORMATS={masks['all']}", f"BM_CFG_FC_FORMATS={masks['fc']}",
                f"BM_CFG_CONV_FORMATS={masks['conv']}", f"BM_CFG_CNN={int(conv)}"]
     defines += ([] if t.multiplier else ["BM_CFG_NO_MULTIPLY"]) + list(engine_options)
+    if conv and layout(model)["chan_bytes"] >= TAB_BYTES and not any("FC_WORDS" in o for o in engine_options):
+        defines.append("BM_CFG_FC_TABLE_IN_CHAN=1")   # the fc tables in the dead conv map: 256 B less stack
     objs = compile_objects([SRC / s for s in SOURCES[fw.mode]] + [ENGINE / "bitmcu.c"], work, fw.target, defines)
     engine_obj = objs[-1]
     engine_funcs = _functions(engine_obj)        # before renaming: what the no-multiply scan covers
-    moved = move_to_sram(engine_obj, conv) if fw.kernels == "sram" else []
+    kernels = kernel_sections(engine_obj, conv)
+    moved = move_to_sram(engine_obj, kernels if fw.kernels == "sram" else [])
+    elf, prog, sizes = _link_and_measure(objs, out, work, fw, model)
+    if fw.kernels == "fit":       # the SRAM this image leaves free, for the hottest kernels that fit in it
+        moved = move_to_sram(engine_obj, fit_kernels(kernels, t.ram - sizes.ram_used))
+        if moved:
+            elf, prog, sizes = _link_and_measure(objs, out, work, fw, model)
+    binary = out / BIN
+    _run([OBJCOPY, "-O", "binary", str(elf), str(binary)], "objcopy")
+    (out / LISTING).write_text(_run([OBJDUMP, "-d", "-S", str(elf)], "objdump"))
+    in_elf = set(prog.funcs)
+    image_bytes = int(images[0].size) + 1 if n_images else 0
+    b = Build(fw, elf, binary, prog, sizes, n_images, image_bytes, sorted(engine_funcs & in_elf),
+              sorted(m for m in moved if m in in_elf))
+    if gate:
+        b.check()
+    return b
+
+
+def _link_and_measure(objs: Sequence[Path], out: Path, work: Path, fw: Firmware,
+                      model: PackedModel) -> tuple[Path, Program, SizeReport]:
+    """Link, disassemble and measure flash, RAM and the stack bound."""
+    t = CHIPS[fw.target]
     try:
         elf = link(objs, out, fw.target)
     except FirmwareError as e:
@@ -257,19 +314,9 @@ def build(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray | None
                             f"alone needs {sizes['flash_bytes']:,} B of flash and {sizes['ram_bytes']:,} B of "
                             f"buffers; the {t.name} has {t.flash:,} B and {t.ram:,} B. Train a smaller model (the "
                             "export stage's layers.txt lists each layer's flash)") from None
-    binary = out / BIN
-    _run([OBJCOPY, "-O", "binary", str(elf), str(binary)], "objcopy")
-    (out / LISTING).write_text(_run([OBJDUMP, "-d", "-S", str(elf)], "objdump"))
     prog = analyse(_run([OBJDUMP, "-d", "--no-show-raw-insn", "-j", ".text", "-j", ".ramfunc", str(elf)],
                         "objdump"), objs, work)
-    sizes = SizeReport.of(elf, t.flash, t.ram, stack_bound(prog, "reset"))
-    in_elf = set(prog.funcs)
-    image_bytes = int(images[0].size) + 1 if n_images else 0
-    b = Build(fw, elf, binary, prog, sizes, n_images, image_bytes, sorted(engine_funcs & in_elf),
-              sorted(m for m in moved if m in in_elf))
-    if gate:
-        b.check()
-    return b
+    return elf, prog, SizeReport.of(elf, t.flash, t.ram, stack_bound(prog, "reset"))
 
 
 def _functions(obj: Path) -> set[str]:

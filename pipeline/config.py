@@ -144,7 +144,9 @@ _KEYS: list[Key] = [
         "(Padauk: in ROM)",
         lo=0, hi=10000),
     Key("mcu.kernels", "str", "sram", "where the inference kernels run: sram (copied at boot, no flash wait "
-        "states) or flash; RISC-V only, ignored on Padauk (its code runs from its one program memory)", choices=("sram", "flash")),
+        "states), flash, or fit (the hottest kernels that fit in the SRAM the firmware leaves free, the rest in "
+        "flash); RISC-V only, ignored on Padauk (its code runs from its one program memory)",
+        choices=("sram", "flash", "fit")),
     Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
         "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none; RISC-V only",
         choices=tuple(dict.fromkeys(p for n in RISCV_NAMES for p in CHIPS[n].pins)), min_len=0, max_len=8),

@@ -24,6 +24,7 @@ from contract.chips import CHIPS
 from contract.errors import UserError
 from engine.build import load_library, run_c
 from mcu import protocol
+from mcu.build import placement
 from mcu.emulator import Emulator
 from mcu.padauk import sim
 from pipeline.stage import summary
@@ -170,7 +171,8 @@ def run(ctx) -> dict:
     if CHIPS[fw["target"]].family == "padauk":
         return _padauk(ctx, fw, images, labels, lib, weights)
     emu = Emulator(firmware.elf(ctx.input("firmware")), fw["target"], profile=True)
-    ctx.log(f"running {fw['mode']} firmware for {fw['target']} (kernels in {fw['kernels']}) in the emulator")
+    where = placement(fw["kernels"], fw["sram_functions"])
+    ctx.log(f"running {fw['mode']} firmware for {fw['target']} ({where}) in the emulator")
     if fw["mode"] == "demo":
         res = _demo(emu, fw, images, labels, lib, ctx.log)
     else:

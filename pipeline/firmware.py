@@ -19,7 +19,7 @@ import numpy as np
 
 from contract.chips import CHIPS
 from contract.model import PackedModel
-from mcu.build import Build, Firmware, build, build_demo
+from mcu.build import Build, Firmware, build, build_demo, placement
 from mcu.padauk import firmware as padauk
 from mcu.padauk import sim
 from pipeline.stages.data import mnist_test
@@ -46,7 +46,8 @@ def _riscv(ctx) -> dict:
     fw = settings(ctx.cfg, f"config of stage {ctx.stage.name}")
     b = gated_build(ctx.cfg, fw, exported_model(ctx.input("export")), ctx.out, *mnist_test(ctx.input("data")))
     s = b.summary(ctx.out)
-    ctx.log(f"{fw.target} {fw.mode}, kernels in {fw.kernels}: flash {s['flash_used']} of {s['flash_limit']} B, "
+    ctx.log(f"{fw.target} {fw.mode}, {placement(fw.kernels, s['sram_functions'])}: "
+            f"flash {s['flash_used']} of {s['flash_limit']} B, "
             f"RAM {s['ram_used']} of {s['ram_limit']} B (stack bound {s['stack_bound']} B), "
             f"{s['images']} demo images, no-multiply scan {s['no_multiply_scan']}")
     return s

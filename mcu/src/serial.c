@@ -28,7 +28,12 @@
 #define E_TRUNCATED 4u
 #define FW_BYTE_TIMEOUT (HCLK_HZ / 20u)    /* 50 ms between two bytes of one frame */
 
+#if BM_CHAN_BYTES >= BM_IMAGE_PIXELS
+/* a CNN: the image waits in the conv layers' working map (model.h), free until bm_run has copied it */
+#define pixels ((uint8_t *)bm_chan_buf)
+#else
 static uint8_t pixels[BM_IMAGE_PIXELS];
+#endif
 static uint8_t back[3];             /* bytes of a rejected header, to be scanned again (last first) */
 static uint32_t n_back;
 static int32_t logits[BM_NUM_CLASSES];

@@ -525,6 +525,28 @@ def test_streamed_cnn_multiplier_free_matches_refimpl(kernels, build_dir):
             assert_same_run(run_c(lib, order, trace=True), run(model, order))
 
 
+@pytest.mark.parametrize("mul", ["multiply", "no_multiply"])
+def test_fc_tables_in_the_conv_map(mul, build_dir):
+    """BM_CFG_FC_TABLE_IN_CHAN (a CNN firmware: mcu/build.py): bm_run builds the fc column tables in the conv
+    layers' map, dead by then; the same values on every layer, and a model whose map cannot hold them (a single
+    conv layer has none, a 13x13 map 169 bytes) is refused, not overrun."""
+    seen = set()
+    for i, (n, c, pools) in enumerate(CNN_TABLES):
+        model = from_export(_cnn_table_export(n, c, pools, seed=70 + i,
+                                              fmts=MULFREE_FORMATS if mul == "no_multiply" else EXPORTABLE))
+        defines = ["BM_CFG_FC_TABLE_IN_CHAN=1"] + (["BM_CFG_NO_MULTIPLY"] if mul == "no_multiply" else [])
+        lib = load_library(build_library(render_header(model), build_dir, defines=defines))
+        px = _pixels(n, seed=300 + i)
+        fits = layout(model)["chan_bytes"] >= 256
+        seen.add(fits)
+        if fits:
+            assert_same_run(run_c(lib, px, trace=True), run(model, px))
+        else:
+            with pytest.raises(RuntimeError, match="BM_ERR_ARG"):
+                run_c(lib, px)
+    assert seen == {True, False}
+
+
 MULFREE_EXTREMES = [
     (ModelSpec(kind="cnn", image_size=16, cnn_channels=3, widths=(5,), input_zero=127),
      ("fp130", "4bitsym", "ternary", "2bitsym", "binary"), True),

@@ -18,7 +18,8 @@ from contract.chips import CHIP_NAMES, CHIPS
 from engine.header import render_header
 from mcu import protocol
 from mcu.analysis import Func, Program, analyse, no_multiply_scan, stack_bound
-from mcu.build import CROSS, OBJDUMP, SRC, Firmware, FirmwareError, build, build_demo, compile_objects, link
+from mcu.build import (CROSS, OBJDUMP, SRC, Firmware, FirmwareError, build, build_demo, compile_objects,
+                       fit_kernels, link)
 from mcu.flash import FlashError, check_setup
 from mcu.monitor import PortError, find_port
 from mcu.protocol import ErrorCode, Garbled, Parser, Pong, Result, Type
@@ -177,7 +178,7 @@ def test_ram_gate_suggests_flash_kernels_and_v002_fits(tmp_path):
         build(Firmware(mode="serial"), wide, tmp_path / "a")
     msg = str(e.value)
     assert "does not fit (RAM)" in msg and re.search(r"^ram\s+\d+\s+2048\s+-\d+\s+OVER$", msg, re.M), msg
-    assert "largest in ram: bm_acc_buf 1600" in msg and "use mcu.kernels: flash" in msg
+    assert "largest in ram: bm_acc_buf 1600" in msg and "use mcu.kernels: fit (those that fit in SRAM) or flash" in msg
     assert build(Firmware(mode="serial", target="ch32v002"), wide, tmp_path / "b").sizes.ram_used <= 4096
 
 
@@ -577,6 +578,14 @@ def test_emulate_stage_compares_with_the_c_engine_and_catches_a_different_model(
         _demo(Emulator(b.elf, "ch32v003"), fw, images, labels, other, lambda _: None)
 
 
+def test_fit_kernels_takes_the_hottest_that_fit():
+    sizes = {"bm__rows_nib": 146, "bm__conv_pool": 722, "bm__conv_q": 516, "bm__tab_2bitsym": 110, "bm_fc": 176}
+    assert fit_kernels(sizes, 600) == ["bm__conv_q"]
+    assert fit_kernels(sizes, 1000) == ["bm__conv_q", "bm__rows_nib", "bm__tab_2bitsym", "bm_fc"]
+    assert fit_kernels(sizes, 2000) == ["bm__conv_q", "bm__conv_pool", "bm__rows_nib", "bm__tab_2bitsym", "bm_fc"]
+    assert fit_kernels(sizes, 100) == []
+
+
 # ---- the CNN on the chips: channel-streamed conv kernels in SRAM -------------------------------------------
 CNN_FORMATS = {"ch32v003": ("fp130", "2bitsym", "4bitsym", "4bitsym", "4bitsym"),    # multiplier-free
                "ch32v002": ("8bit", "8bit", "8bit", "2bitsym", "4bitsym")}              # cnn32's formats
@@ -587,17 +596,19 @@ CNN_FORMATS = {"ch32v003": ("fp130", "2bitsym", "4bitsym", "4bitsym", "4bitsym")
 def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
     """A small CNN (12x12, 3 channels, per_output shifts) as serial firmware: every logit of every image equals
     the host C engine's, images repeated and reordered so that the guessed shifts are right and wrong; on the
-    CH32V003 (kernels in flash) the inference code has no multiply."""
+    CH32V003 (mcu.kernels: fit, conv1's kernel first in SRAM) the inference code has no multiply."""
     from engine.build import build_library, load_library
     from pipeline.emulate import _serial
 
     spec = ModelSpec(kind="cnn", image_size=12, cnn_channels=3, widths=(6,), formats=CNN_FORMATS[target],
                      scaling="per_output")
     model = model_of(spec, seed=4)
-    kernels = "flash" if target == "ch32v003" else "sram"    # 2 KB of RAM: the SRAM kernels do not fit with a CNN
+    kernels = "fit" if target == "ch32v003" else "sram"    # 2 KB of RAM: not every kernel fits with a CNN
     b = build(Firmware(target=target, mode="serial", kernels=kernels), model, tmp_path)
     assert b.scan == ("passed" if target == "ch32v003" else "not applicable")
-    assert ({"bm__conv_q", "bm__conv_pool"} <= set(b.sram_functions)) == (kernels == "sram")
+    assert b.sram_functions[:1] == ["bm__conv_q"] if kernels == "fit" else \
+        {"bm__conv_q", "bm__conv_pool"} <= set(b.sram_functions)
+    assert b.sizes.ram_used <= CHIPS[target].ram
     images, labels = pixels(5, 12, seed=9)
     images[0] = 0
     images = np.concatenate([images, images[:1], images[::-1], images[2:3]])
