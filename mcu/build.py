@@ -282,7 +282,7 @@ def build(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray | None
     engine_obj = objs[-1]
     engine_funcs = _functions(engine_obj)        # before renaming: what the no-multiply scan covers
     kernels = kernel_sections(engine_obj, conv)
-    moved = move_to_sram(engine_obj, kernels if fw.kernels == "sram" else [])
+    moved = move_to_sram(engine_obj, list(kernels) if fw.kernels == "sram" else [])
     elf, prog, sizes = _link_and_measure(objs, out, work, fw, model)
     if fw.kernels == "fit":       # the SRAM this image leaves free, for the hottest kernels that fit in it
         moved = move_to_sram(engine_obj, fit_kernels(kernels, t.ram - sizes.ram_used))

@@ -19,6 +19,7 @@ from contract.chips import CHIP_NAMES, CHIPS, RISCV_NAMES, Chip
 from contract.errors import UserError
 from contract.formats import FORMAT_NAMES, FORMATS
 from contract.spec import CLIPS, IMAGE_SIZES, INPUT_ZEROS, KINDS, NORMS, SCALINGS, model_problems
+from mcu.build import KERNEL_PLACES
 from mcu.padauk import header as padauk
 
 
@@ -146,7 +147,7 @@ _KEYS: list[Key] = [
     Key("mcu.kernels", "str", "sram", "where the inference kernels run: sram (copied at boot, no flash wait "
         "states), flash, or fit (the hottest kernels that fit in the SRAM the firmware leaves free, the rest in "
         "flash); RISC-V only, ignored on Padauk (its code runs from its one program memory)",
-        choices=("sram", "flash", "fit")),
+        choices=KERNEL_PLACES),
     Key("mcu.segment_pins", "strs", [], "serial mode: GPIO pins of a 7-segment display showing the predicted "
         "digit, segments a..g (and dp), e.g. [PC0, PC1, PC2, PC3, PC4, PC6, PC7]; [] = none; RISC-V only",
         choices=tuple(dict.fromkeys(p for n in RISCV_NAMES for p in CHIPS[n].pins)), min_len=0, max_len=8),
