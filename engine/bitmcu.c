@@ -369,6 +369,8 @@ typedef struct bm__fmt {
 #define BM__TAB_WORD 128        /* int16 per word column: 8 fields x 16 values, or 4 bytes x 32 masks */
 #define BM__MAX_PER_WORD 32     /* codes per word of the column formats (binary) */
 #define BM__TAB_BYTES (2 * BM__TAB_WORD * BM_CFG_FC_WORDS)   /* a table block, 2-aligned */
+/* bm_run's fc tables go to m->chan where the build says it holds them (BM_CFG_CHAN_BYTES) */
+#define BM__TAB_IN_CHAN (BM_CFG_CHAN_BYTES >= BM__TAB_BYTES)
 
 /* The int16 at byte offset off of t: the row kernels turn a field into a byte offset with one shift
    and one mask, and the field position goes into the load's constant offset. */
@@ -2000,11 +2002,11 @@ static void bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, ui
 }
 #endif /* BM_CFG_CNN */
 
-/* An fc layer of bm_run on m->act. With BM_CFG_FC_TABLE_IN_CHAN its column tables go to m->chan, the conv
+/* An fc layer of bm_run on m->act. With BM__TAB_IN_CHAN its column tables go to m->chan, the conv
    layers' working map, dead once they are done (bm_run checks it holds them), instead of bm_fc's stack. */
 static bm_status bm__run_fc(const bm_model *m, const bm_layer *lay, int32_t relu, int32_t *out)
 {
-#if BM__HAS_COLS && BM_CFG_FC_TABLE_IN_CHAN
+#if BM__HAS_COLS && BM__TAB_IN_CHAN
     return bm__fc_in(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts,
                      relu, out, (int16_t *)(void *)m->chan);
 #else
@@ -2026,7 +2028,7 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
     last = m->layers + (m->n_layers - 1);
     if (last->op != BM_OP_FC || last->n_out != m->num_classes)
         return BM_ERR_ARG;
-#if BM__HAS_COLS && BM_CFG_FC_TABLE_IN_CHAN
+#if BM__HAS_COLS && BM__TAB_IN_CHAN
     if (m->chan == NULL || m->chan_bytes < BM__TAB_BYTES || ((uintptr_t)m->chan & 1u) != 0u)
         return BM_ERR_ARG;                    /* no room for the fc tables in chan */
 #endif

@@ -36,13 +36,14 @@
      BM_CFG_FC_WORDS      word columns per table block of the fast kernels: 1 (default) or 2. With
                           2, each accumulator is loaded and stored once per 16 fields instead of 8
                           (about 0.5 cycle per weight less on RV32EC) for 256 more bytes of stack.
-     BM_CFG_FC_TABLE_IN_CHAN  0 (default) or 1: bm_run's fc layers build the fast kernels' column tables
-                          (256 bytes per table word column) in the model's chan buffer, the conv
-                          layers' working map, which is free once they are done, instead of on the
-                          stack: a firmware of a CNN whose chan holds them needs that much less RAM.
-                          bm_run returns BM_ERR_ARG for a model whose chan is smaller or not 2-aligned
-                          (the generated header declares it as int16_t). bm_fc itself always uses
-                          the stack.
+     BM_CFG_CHAN_BYTES    bytes of the chan buffer (the conv layers' working map) of the model
+                          bm_run will be given: 0 (default) when unknown. Where it holds the fast
+                          kernels' column tables (256 bytes per table word column), bm_run's fc
+                          layers build them there, free once the conv layers are done, instead of on
+                          the stack: a firmware of such a CNN needs that much less RAM. bm_run then
+                          returns BM_ERR_ARG for a model whose chan is smaller or not 2-aligned (the
+                          generated header declares it as int16_t). bm_fc itself always uses the
+                          stack.
 
    FAST FC KERNELS (BM_CFG_KERNELS 1)
      bm_fc walks the packed layer one word column at a time instead of one row at a time. For a
@@ -224,11 +225,11 @@
 #if BM_CFG_FC_WORDS != 1 && BM_CFG_FC_WORDS != 2
 #error "bitmcu: BM_CFG_FC_WORDS must be 1 or 2"
 #endif
-#ifndef BM_CFG_FC_TABLE_IN_CHAN
-#define BM_CFG_FC_TABLE_IN_CHAN 0
+#ifndef BM_CFG_CHAN_BYTES
+#define BM_CFG_CHAN_BYTES 0
 #endif
-#if BM_CFG_FC_TABLE_IN_CHAN != 0 && BM_CFG_FC_TABLE_IN_CHAN != 1
-#error "bitmcu: BM_CFG_FC_TABLE_IN_CHAN must be 0 or 1"
+#if BM_CFG_CHAN_BYTES < 0
+#error "bitmcu: BM_CFG_CHAN_BYTES must be 0 or more"
 #endif
 
 /* ---- status ----------------------------------------------------------------------------------- */

@@ -179,7 +179,7 @@ def render_header(model: PackedModel) -> str:
         "",
         "static int32_t bm_acc_buf[BM_ACC_WORDS];",
         "static int8_t bm_act_buf[BM_ACT_BYTES];",
-        # int16_t: 2-aligned, so that bm_run may build fc column tables in it (BM_CFG_FC_TABLE_IN_CHAN)
+        # int16_t: 2-aligned, so that bm_run may build fc column tables in it (BM_CFG_CHAN_BYTES)
         *(["static int16_t bm_chan_buf[(BM_CHAN_BYTES + 1) / 2];"] if sizes["chan_bytes"] else []),
         *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];"] if sizes["feat_bytes"] else []),
         "",

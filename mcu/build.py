@@ -56,7 +56,6 @@ SRAM_CONV_KERNELS = re.compile(r"^(bm_conv3x3|bm__conv\w*)(\.\w+)*$")
 FIT_ORDER = [re.compile(p) for p in (r"^bm__conv_q\b", r"^bm__conv_pool\b", r"^bm__rows", r"^bm__tab", r"^bm__dot",
                                      r"^bm__fc", r"^bm__conv", r"")]
 KERNEL_PLACES = ("sram", "flash", "fit")
-TAB_BYTES = 256     # engine/bitmcu.c BM__TAB_BYTES with BM_CFG_FC_WORDS 1: the fc tables bm_run may put in chan
 ELF, BIN, MAP, LISTING = "firmware.elf", "firmware.bin", "firmware.map", "firmware.lst"
 TOOL_HINT = ("Debian/Ubuntu: apt-get install gcc-riscv64-unknown-elf (./run does it when run as root); "
              "or `nix develop`")
@@ -276,8 +275,8 @@ def build(fw: Firmware, model: PackedModel, out: Path, images: np.ndarray | None
     defines = [f"BM_CFG_FORMATS={masks['all']}", f"BM_CFG_FC_FORMATS={masks['fc']}",
                f"BM_CFG_CONV_FORMATS={masks['conv']}", f"BM_CFG_CNN={int(conv)}"]
     defines += ([] if t.multiplier else ["BM_CFG_NO_MULTIPLY"]) + list(engine_options)
-    if conv and layout(model)["chan_bytes"] >= TAB_BYTES and not any("FC_WORDS" in o for o in engine_options):
-        defines.append("BM_CFG_FC_TABLE_IN_CHAN=1")   # the fc tables in the dead conv map: 256 B less stack
+    if conv:   # the engine builds the fc tables in the dead conv map where it holds them: 256 B less stack
+        defines.append(f"BM_CFG_CHAN_BYTES={layout(model)['chan_bytes']}")
     objs = compile_objects([SRC / s for s in SOURCES[fw.mode]] + [ENGINE / "bitmcu.c"], work, fw.target, defines)
     engine_obj = objs[-1]
     engine_funcs = _functions(engine_obj)        # before renaming: what the no-multiply scan covers

@@ -527,23 +527,27 @@ def test_streamed_cnn_multiplier_free_matches_refimpl(kernels, build_dir):
 
 @pytest.mark.parametrize("mul", ["multiply", "no_multiply"])
 def test_fc_tables_in_the_conv_map(mul, build_dir):
-    """BM_CFG_FC_TABLE_IN_CHAN (a CNN firmware: mcu/build.py): bm_run builds the fc column tables in the conv
-    layers' map, dead by then; the same values on every layer, and a model whose map cannot hold them (a single
-    conv layer has none, a 13x13 map 169 bytes) is refused, not overrun."""
+    """BM_CFG_CHAN_BYTES (a CNN firmware passes its model's: mcu/build.py): where the conv layers' map holds the
+    fc column tables, bm_run builds them there, dead by then, and where it does not, on the stack; the same
+    values on every layer either way. A build told of a larger map than the model it is given has (a single
+    conv layer has none, a 13x13 map 169 bytes) refuses that model instead of overrunning its map."""
     seen = set()
     for i, (n, c, pools) in enumerate(CNN_TABLES):
         model = from_export(_cnn_table_export(n, c, pools, seed=70 + i,
                                               fmts=MULFREE_FORMATS if mul == "no_multiply" else EXPORTABLE))
-        defines = ["BM_CFG_FC_TABLE_IN_CHAN=1"] + (["BM_CFG_NO_MULTIPLY"] if mul == "no_multiply" else [])
-        lib = load_library(build_library(render_header(model), build_dir, defines=defines))
+        chan = layout(model)["chan_bytes"]
         px = _pixels(n, seed=300 + i)
-        fits = layout(model)["chan_bytes"] >= 256
-        seen.add(fits)
-        if fits:
-            assert_same_run(run_c(lib, px, trace=True), run(model, px))
-        else:
+        want = run(model, px)
+        mulfree = ["BM_CFG_NO_MULTIPLY"] if mul == "no_multiply" else []
+        own = load_library(build_library(render_header(model), build_dir,
+                                         defines=[f"BM_CFG_CHAN_BYTES={chan}", *mulfree]))
+        assert_same_run(run_c(own, px, trace=True), want)
+        seen.add(chan >= 256)
+        if chan < 256:
+            told = load_library(build_library(render_header(model), build_dir,
+                                              defines=["BM_CFG_CHAN_BYTES=256", *mulfree]))
             with pytest.raises(RuntimeError, match="BM_ERR_ARG"):
-                run_c(lib, px)
+                run_c(told, px)
     assert seen == {True, False}
 
 

@@ -594,13 +594,14 @@ CNN_FORMATS = {"ch32v003": ("fp130", "2bitsym", "4bitsym", "4bitsym", "4bitsym")
 @pytest.mark.riscv
 @pytest.mark.parametrize("target", ["ch32v003", "ch32v002"])
 def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
-    """A small CNN (12x12, 3 channels, per_output shifts) as serial firmware: every logit of every image equals
-    the host C engine's, images repeated and reordered so that the guessed shifts are right and wrong; on the
-    CH32V003 (mcu.kernels: fit, conv1's kernel first in SRAM) the inference code has no multiply."""
+    """A small CNN (16x16, 3 channels, per_output shifts) as serial firmware: every logit of every image equals
+    the host C engine's, images repeated and reordered so that the guessed shifts are right and wrong; its
+    256-byte conv map holds the fc tables and the received image; on the CH32V003 (mcu.kernels: fit, conv1's
+    kernel first in SRAM) the inference code has no multiply."""
     from engine.build import build_library, load_library
     from pipeline.emulate import _serial
 
-    spec = ModelSpec(kind="cnn", image_size=12, cnn_channels=3, widths=(6,), formats=CNN_FORMATS[target],
+    spec = ModelSpec(kind="cnn", image_size=16, cnn_channels=3, widths=(6,), formats=CNN_FORMATS[target],
                      scaling="per_output")
     model = model_of(spec, seed=4)
     kernels = "fit" if target == "ch32v003" else "sram"    # 2 KB of RAM: not every kernel fits with a CNN
@@ -609,7 +610,7 @@ def test_cnn_firmware_gives_the_c_engines_logits(tmp_path, target):
     assert b.sram_functions[:1] == ["bm__conv_q"] if kernels == "fit" else \
         {"bm__conv_q", "bm__conv_pool"} <= set(b.sram_functions)
     assert b.sizes.ram_used <= CHIPS[target].ram
-    images, labels = pixels(5, 12, seed=9)
+    images, labels = pixels(5, 16, seed=9)
     images[0] = 0
     images = np.concatenate([images, images[:1], images[::-1], images[2:3]])
     lib = load_library(build_library(render_header(model), tmp_path / "lib"))
