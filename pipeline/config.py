@@ -59,6 +59,9 @@ class Key:
     # What the value means on this machine, as it enters a store key (train.threads 0 = the core count):
     # keys whose meaning depends on the machine are resolved so that equal keys mean equal results.
     resolve: Callable[[Any], Any] | None = None
+    # A key that means something only while another is set enters store keys only then, so that adding
+    # it kept every existing entry.
+    only_with: str | None = None
 
 
 _KEYS: list[Key] = [
@@ -124,6 +127,13 @@ _KEYS: list[Key] = [
     Key("train.label_smoothing", "float", 0.0, "cross-entropy label smoothing", lo=0.0, hi=0.5),
     Key("train.ema", "float", 0.0, "decay of an exponential moving average of the weights, which is "
         "evaluated and exported instead of the last step's; 0 = off (e.g. 0.999)", lo=0.0, hi=0.99999),
+    Key("train.teacher", "path", None, "a preset whose trained model teaches this one (knowledge distillation: "
+        "the loss adds the match to its softened predictions); it is trained first if need be, with this "
+        "config's train.device and train.threads; null = none"),
+    Key("train.distill_weight", "float", 0.5, "share of the distillation term in the loss, the rest being "
+        "cross-entropy on the labels (with train.teacher only)", lo=0.0, hi=1.0, only_with="train.teacher"),
+    Key("train.distill_temperature", "float", 4.0, "temperature that softens both models' predictions in the "
+        "distillation term (with train.teacher only)", lo=0.1, hi=100.0, only_with="train.teacher"),
     Key("train.compile", "bool", True, "torch.compile the training step (FC: all of it, ~2.5x faster on CPU; "
         "CNN: the requantization, ~1.5x)"),
     # The float reductions of training depend on the device and the thread count, so both enter the key.

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from contract.errors import UserError
-from pipeline.config import Config
-from pipeline.stage import Stage, run_stage, stage_key
+from pipeline.config import Config, ConfigError, load
+from pipeline.stage import PresetInput, Stage, run_stage, stage_key
 from pipeline.stages import ORDER
 from pipeline.stages.report import page
 from pipeline.store import Store, StoreError
@@ -32,6 +32,28 @@ def check_graph(stages: Sequence[Stage]) -> None:
         seen.add(s.name)
 
 
+def preset_config(cfg: Config, p: PresetInput, chain: tuple[str, ...] = ()) -> Config:
+    """The preset that cfg's key p.key names, as cfg's preset input (ConfigError naming the key otherwise).
+    chain: the presets whose inputs led here, which it must not name again."""
+    where = f"{cfg.path}: {p.key}: {cfg[p.key]}"
+    if not Path(cfg[p.key]).is_file():
+        raise ConfigError(f"{where}: no such file (allowed: a preset's YAML file, e.g. configs/default.yaml, or null)")
+    target = str(Path(cfg[p.key]).resolve())
+    if target in chain:
+        raise ConfigError(f"{where}: leads back to itself ({' -> '.join(chain + (target,))}) (allowed: a preset "
+                          "that does not name this one, directly or through its own)")
+    try:
+        sub = load(cfg[p.key])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    sub = sub.replace(**{k: cfg[k] for k in p.inherit})
+    differ = [f"{k} {sub[k]!r} against {cfg[k]!r}" for k in p.same if sub[k] != cfg[k]]
+    if differ:
+        raise ConfigError(f"{where}: that preset differs in {', '.join(differ)} (allowed: a preset with the same "
+                          f"{', '.join(p.same)})")
+    return sub
+
+
 def _show_page(name: str, link: Path) -> None:
     """A stage whose entry is a page to look at (the report) ends its output with where to open it."""
     if name == "report" and page(link).is_file():
@@ -46,14 +68,37 @@ class Plan:
     stages: tuple[Stage, ...]
     keys: dict[str, str]
     redo: set[str] = field(default_factory=set)  # stages whose entry is thrown away and built again
+    presets: dict[str, "Plan"] = field(default_factory=dict)  # preset input's key -> that preset's plan
 
     @classmethod
-    def make(cls, cfg: Config, store: Store, stages: Sequence[Stage] = STAGES) -> "Plan":
+    def make(cls, cfg: Config, store: Store, stages: Sequence[Stage] = STAGES,
+             chain: tuple[str, ...] = ()) -> "Plan":
         check_graph(stages)
+        chain = chain + (str(Path(cfg.path).resolve()),)
         keys: dict[str, str] = {}
+        presets: dict[str, Plan] = {}
         for s in stages:
-            keys[s.name] = stage_key(s, cfg, {i: keys[i] for i in s.inputs})
-        return cls(cfg, store, tuple(stages), keys)
+            inputs = {i: keys[i] for i in s.inputs}
+            for p in s.preset_inputs:
+                if cfg[p.key] is not None:
+                    presets[p.key] = cls.make(preset_config(cfg, p, chain), store, stages, chain)
+                    inputs[p.key] = presets[p.key].keys[p.stage]
+            keys[s.name] = stage_key(s, cfg, inputs)
+        return cls(cfg, store, tuple(stages), keys, presets=presets)
+
+    def _inputs(self, s: Stage) -> dict[str, str]:
+        return {**{i: self.keys[i] for i in s.inputs},
+                **{p.key: self.presets[p.key].keys[p.stage] for p in s.preset_inputs if p.key in self.presets}}
+
+    def upstream(self, name: str) -> list[str]:
+        """The stage and every stage it needs, in pipeline order."""
+        want, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n not in want:
+                want.add(n)
+                todo.extend(self.stage(n).inputs)
+        return [s.name for s in self.stages if s.name in want]
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -89,7 +134,15 @@ class Plan:
             self.redo.discard(name)      # once: a later task of this run reuses the new entry
         if self.store.has(name, key):
             self.store.verify(name, key, f"doit cfg={self.cfg.path} redo={name} {name}")
-        run_stage(s, self.cfg, key, {i: self.keys[i] for i in s.inputs}, self.store, on_epoch)
+        else:
+            for p in s.preset_inputs:      # e.g. the teacher: trained first, under its own run name
+                if p.key in self.presets:
+                    sub = self.presets[p.key]
+                    for n in sub.upstream(p.stage):
+                        if not sub.up_to_date(n):
+                            print(f"[{name}] {p.key}: building {n} of {sub.cfg.path}", flush=True)
+                            sub.build(n)
+        run_stage(s, self.cfg, key, self._inputs(s), self.store, on_epoch)
         return self.store.link(self.cfg.name, name, key)
 
     def run(self, name: str) -> Any:

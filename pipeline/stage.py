@@ -32,6 +32,18 @@ INFRA = frozenset({"pipeline.stage", "pipeline.store", "pipeline.config", "pipel
 
 
 @dataclass(frozen=True)
+class PresetInput:
+    """A config key naming another preset whose entry of `stage` is an input (the train stage's teacher).
+
+    That preset is planned with this config's values of `inherit` (how to run it, so that its entry is the
+    one a sweep of this config would build), and must agree with it on `same`."""
+    key: str
+    stage: str
+    inherit: tuple[str, ...] = ()
+    same: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     doc: str  # first line is what `doit list` shows
@@ -42,6 +54,7 @@ class Stage:
     outputs: tuple[str, ...] = ()  # the files it writes (fnmatch patterns; a plain name must be written)
     extra_sources: tuple[str, ...] = ()  # non-Python files (C sources, linker scripts), relative to ROOT
     variants: tuple[tuple[str, str], ...] = ()  # (config key, module): that module runs it when the key is set
+    preset_inputs: tuple[PresetInput, ...] = ()  # inputs named by the key, under its name, when it is set
 
     def module_for(self, cfg: Config) -> str:
         return next((m for k, m in self.variants if cfg[k] is not None), self.module)
@@ -123,7 +136,8 @@ def stage_key(stage: Stage, cfg: Config, input_keys: Mapping[str, str]) -> str:
     payload = {
         "stage": stage.name,
         "code": code_hash(stage, stage.module_for(cfg)),
-        "keys": {k: key_value(cfg, k) for k in stage.keys if cfg[k] is not None},
+        "keys": {k: key_value(cfg, k) for k in stage.keys if cfg[k] is not None
+                 and (SCHEMA[k].only_with is None or cfg[SCHEMA[k].only_with] is not None)},
         "inputs": dict(sorted(input_keys.items())),
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -162,8 +176,8 @@ class Context:
     key: str  # this entry's store key
     out: Path  # write outputs here (a temporary folder, published atomically)
     work: Path  # scratch that survives a crash, for resumable stages
-    inputs: dict[str, Path]  # upstream stage -> verified entry folder
-    input_keys: dict[str, str]  # upstream stage -> its store key
+    inputs: dict[str, Path]  # upstream stage (or preset input's key) -> verified entry folder
+    input_keys: dict[str, str]  # the same -> its store key
     # Called by a stage with a learning curve (train) after each epoch with (epoch, that epoch's metrics row).
     # It never changes what is stored: it may only watch, or raise to abandon the build (a search's pruner),
     # which leaves no entry. Not part of the store key.
@@ -179,7 +193,9 @@ class Context:
 def run_stage(stage: Stage, cfg: Config, key: str, input_keys: Mapping[str, str], store: Store,
               on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
     """Verify the inputs, then build the entry (unless present) and return its folder (on_epoch: Context's)."""
-    inputs = {name: store.verify(name, k, f"doit cfg={cfg.path} redo={name} {name}")
+    stage_of = {p.key: p.stage for p in stage.preset_inputs}
+    inputs = {name: store.verify(stage_of[name], k) if name in stage_of   # another preset's: delete and rerun
+              else store.verify(name, k, f"doit cfg={cfg.path} redo={name} {name}")
               for name, k in input_keys.items()}
 
     def build(out: Path, work: Path) -> dict:

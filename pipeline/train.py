@@ -119,8 +119,17 @@ def epoch_images(cfg, epoch: int, clean: torch.Tensor, raw: torch.Tensor) -> tor
     return torch.cat(parts)
 
 
-def make_step(cfg, model: QModel) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(logits, loss) of one batch, through torch.compile when `train.compile` is on.
+def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: KL from the teacher's softened predictions to the student's, times T^2 so
+    that its gradients keep their size as T changes."""
+    soft = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean") * temperature ** 2
+
+
+def make_step(cfg, model: QModel, teacher: QModel | None = None
+              ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(logits, loss) of one batch, through torch.compile when `train.compile` is on. With a teacher, the loss
+    is (1 - w) * cross-entropy + w * distill_loss (w: `train.distill_weight`).
 
     An FC step is ~60 small tensor ops, so Python and dispatch overhead dominate it on a CPU:
     inductor fuses the whole step into a few kernels, about 2.5x faster. A CNN step's time is in
@@ -129,14 +138,24 @@ def make_step(cfg, model: QModel) -> Callable[[torch.Tensor, torch.Tensor], tupl
     gradients round differently from eager ones, which is why the key is part of the train stage's.
     """
     smoothing = cfg["train.label_smoothing"]
+    if teacher is not None:
+        weight, temperature = cfg["train.distill_weight"], cfg["train.distill_temperature"]
+        teacher.requires_grad_(False)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
-        return logits, F.cross_entropy(logits, y, label_smoothing=smoothing)
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        if teacher is not None:
+            with torch.no_grad():
+                taught = teacher(x)
+            loss = (1 - weight) * loss + weight * distill_loss(logits, taught, temperature)
+        return logits, loss
 
-    if cfg["train.compile"] and model.spec.kind == "fc":
+    if cfg["train.compile"] and model.spec.kind == "fc" and (teacher is None or teacher.spec.kind == "fc"):
         return torch.compile(step, fullgraph=True, dynamic=False)
-    model.fused_requant = bool(cfg["train.compile"])
+    for m in (model, teacher):
+        if m is not None:
+            m.fused_requant = bool(cfg["train.compile"])
     return step
 
 
@@ -211,7 +230,13 @@ def run(ctx) -> dict:
     copies = 1 + (cfg["train.aug_copies"] if cfg["train.augment"] else 0)
     ctx.log(f"{spec.kind} {list(spec.widths)} {list(spec.formats)} on {dev}, {epochs} epochs of "
             f"{len(clean) * copies} samples")
-    step = make_step(cfg, model)
+    teacher = None
+    if stage.TEACHER.key in ctx.inputs:   # eval mode throughout: its clips and weights stay as trained
+        teacher = stage.trained_model(ctx.input(stage.TEACHER.key)).to(dev)
+        ctx.log(f"distilling from the teacher {teacher.spec.kind} {list(teacher.spec.widths)} "
+                f"{list(teacher.spec.formats)} (weight {cfg['train.distill_weight']}, "
+                f"temperature {cfg['train.distill_temperature']})")
+    step = make_step(cfg, model, teacher)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         clips = model.update_clipping()  # computed now, used by this very epoch

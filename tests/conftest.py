@@ -143,17 +143,6 @@ def mnist_dir() -> Path:
 
 # ---- the tiny pipeline ---------------------------------------------------------------------------------------
 
-def upstream(plan, name: str) -> list[str]:
-    """The stage and everything it needs, in pipeline order."""
-    want, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        if n not in want:
-            want.add(n)
-            todo.extend(plan.stage(n).inputs)
-    return [s.name for s in plan.stages if s.name in want]
-
-
 def entry(plan, stage: str) -> Path:
     """The store folder of one stage of a plan."""
     return plan.store.path(stage, plan.keys[stage])
@@ -180,7 +169,7 @@ def tiny_pipeline(tmp_path_factory):
 
     def build(upto: str = "report", cfg=None, root: Path | None = None):
         plan = Plan.make(cfg if cfg is not None else config.load(TINY), Store(root or shared))
-        stages = upstream(plan, upto)
+        stages = plan.upstream(upto)
         from contract.chips import CHIPS
         table = PADAUK_STAGE_NEEDS if CHIPS[plan.cfg["mcu.target"]].family == "padauk" else STAGE_NEEDS
         needs = {table[s] for s in stages if s in table}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from contract.spec import SPEC_KEYS
-from pipeline.stage import Stage
+from pipeline.stage import PresetInput, Stage
 
 MODEL, METRICS, PREDICTIONS = "model.pt", "metrics.json", "test_predictions.npy"
 
@@ -18,7 +18,11 @@ KEYS = tuple(SPEC_KEYS) + (
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
     "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
     "train.label_smoothing", "train.ema", "train.weight_decay", "train.device", "train.threads",
+    "train.distill_weight", "train.distill_temperature",
 )
+# The teacher's trained model; trained as this config trains (device, threads), on images of the same size.
+TEACHER = PresetInput("train.teacher", "train", inherit=("train.device", "train.threads"),
+                      same=("data.image_size",))
 
 STAGE = Stage(
     name="train",
@@ -28,6 +32,7 @@ STAGE = Stage(
     inputs=("data",),
     outputs=(MODEL, METRICS, PREDICTIONS),
     variants=(("import.src", "pipeline.bitnetmcu"),),  # convert a BitNetMCU checkpoint instead
+    preset_inputs=(TEACHER,),
 )
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 from pipeline import report
 from pipeline.graph import Plan
 
-from tests.conftest import upstream
 
 pytestmark = [pytest.mark.mnist, pytest.mark.riscv]  # the report shows the firmware and emulate stages
 
@@ -71,7 +70,7 @@ def test_page_shows_the_run(tiny_run):
     assert rep["test_accuracy_int"] == acc
     assert rep["misclassified"] == round((1 - acc) * verify["images"])
     assert f"{100 * acc:.2f}%" in html
-    for stage in upstream(plan, "report"):  # the key of every stage of this run, the report's own included
+    for stage in plan.upstream("report"):  # the key of every stage of this run, the report's own included
         assert f"<td class=\"text\">{stage}</td><td class=\"text\">{plan.keys[stage]}</td>" in html, stage
     assert "image_size: 8" in html and "widths: [16, 16]" in html and "formats: [4bitsym]" in html
     assert rep["chip_stages"] == ["firmware", "emulate"] and "cycles.mean" in html and "flash_used" in html
@@ -134,7 +133,7 @@ def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
     ctx = SimpleNamespace(stage=plan.stage("report"), key="a" * 24, inputs=inputs,
                           input_keys={n: p.name for n, p in inputs.items()})
     keys = report.store_keys(ctx)
-    assert keys == {**{n: plan.keys[n] for n in upstream(plan, "report")}, "firmware": "e" * 24, "emulate": "f" * 24,
+    assert keys == {**{n: plan.keys[n] for n in plan.upstream("report")}, "firmware": "e" * 24, "emulate": "f" * 24,
                     "report": "a" * 24}
     assert list(keys)[-1] == "report"
     export = json.loads((inputs["export"] / "summary.json").read_text())

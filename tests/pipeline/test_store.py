@@ -21,6 +21,13 @@ from tests.conftest import ROOT
 # The real graph's shape (keys, inputs) with bodies that only record that they ran.
 FAKE = tuple(replace(s, module="tests.fake_stages", extra_sources=(), variants=(), outputs=("out.txt",))
              for s in STAGES)
+PRESET_KEYS = {p.key for s in STAGES for p in s.preset_inputs}   # name another preset (train.teacher)
+A_PRESET = str(ROOT / "configs" / "default.yaml")
+
+
+def declaring(key, stages=STAGES):
+    """The stages whose key the config key enters: as a declared key, or as a preset input."""
+    return {s.name for s in stages if key in s.keys or key in {p.key for p in s.preset_inputs}}
 
 
 def alternatives(key):
@@ -38,6 +45,8 @@ def alternatives(key):
     if k.kind == "float":
         return [v for v in (d * 0.5, d * 2, d + 1, k.lo, k.hi) if v is not None and v != d
                 and (k.lo is None or v >= k.lo) and (k.hi is None or v <= k.hi)]
+    if key in PRESET_KEYS:
+        return [A_PRESET]
     if k.kind == "path":  # an existing file: a path key in a stage key stands for its content
         return [__file__]
     if k.kind == "ints":
@@ -48,8 +57,10 @@ def alternatives(key):
 
 
 def changed_config(key):
-    """The default config, and one with a valid value of `key` that means something else on this machine."""
-    base = config.from_values({})
+    """The default config, and one with a valid value of `key` that means something else on this machine (a key
+    that counts only with another set gets that one set on both sides)."""
+    partner = SCHEMA[key].only_with
+    base = config.from_values({partner: A_PRESET} if partner else {})
     for v in alternatives(key):
         try:
             changed = base.replace(**{key: v})
@@ -75,8 +86,7 @@ def test_changing_a_key_changes_exactly_the_declaring_stages_and_downstream(key)
     base, changed = changed_config(key)
     store = Store("/nonexistent")
     a, b = Plan.make(base, store), Plan.make(changed, store)
-    declaring = {s.name for s in STAGES if key in s.keys}
-    expected = a.downstream(declaring)
+    expected = a.downstream(declaring(key))
     assert {n for n in a.keys if a.keys[n] != b.keys[n]} == expected
     if SCHEMA[key].runtime:
         assert not expected
@@ -89,7 +99,7 @@ def test_changing_a_key_reruns_exactly_those_stages(key, tmp_path):
     first = Plan.make(base, store, FAKE)
     assert execute(first) == [s.name for s in FAKE]
     second = Plan.make(changed, store, FAKE)
-    expected = second.downstream({s.name for s in FAKE if key in s.keys})
+    expected = second.downstream(declaring(key, FAKE))
     assert set(execute(second)) == expected
     assert execute(Plan.make(base, store, FAKE)) == []  # A -> B -> A: nothing on the return
 
@@ -113,8 +123,9 @@ def test_code_change_changes_key():
                                         and any(k in s.keys for s in STAGES)))
 def test_a_path_key_stands_for_its_file_content(key, tmp_path):
     a, b = tmp_path / "a.bin", tmp_path / "b.bin"
-    a.write_bytes(b"one")
-    b.write_bytes(b"one")
+    one, two = (b"train: {epochs: 3}\n", b"train: {epochs: 4}\n") if key in PRESET_KEYS else (b"one", b"two")
+    a.write_bytes(one)
+    b.write_bytes(one)
     base = config.from_values({})
 
     def keys(path):
@@ -122,10 +133,10 @@ def test_a_path_key_stands_for_its_file_content(key, tmp_path):
 
     first = keys(a)
     assert keys(b) == first  # same content elsewhere: nothing to rebuild
-    a.write_bytes(b"two")
+    a.write_bytes(two)
     changed = keys(a)
     plan = Plan.make(base, Store("/nonexistent"))
-    assert {n for n in first if first[n] != changed[n]} == plan.downstream({s.name for s in STAGES if key in s.keys})
+    assert {n for n in first if first[n] != changed[n]} == plan.downstream(declaring(key))
     with pytest.raises(config.ConfigError, match=f"{key}: {tmp_path / 'gone.bin'}: no such file"):
         keys(tmp_path / "gone.bin")
 
