@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from contract.errors import UserError
 from pipeline.config import Config, ConfigError, load
-from pipeline.stage import PresetInput, Stage, run_stage, stage_key
+from pipeline.stage import PresetInput, Stage, run_stage, stage_key, upstream
 from pipeline.stages import ORDER
 from pipeline.stages.report import page
 from pipeline.store import Store, StoreError
@@ -75,30 +75,21 @@ class Plan:
              chain: tuple[str, ...] = ()) -> "Plan":
         check_graph(stages)
         chain = chain + (str(Path(cfg.path).resolve()),)
-        keys: dict[str, str] = {}
-        presets: dict[str, Plan] = {}
-        for s in stages:
-            inputs = {i: keys[i] for i in s.inputs}
+        plan = cls(cfg, store, tuple(stages), {})
+        for s in stages:      # pipeline order: a stage's inputs have their keys before it
             for p in s.preset_inputs:
                 if cfg[p.key] is not None:
-                    presets[p.key] = cls.make(preset_config(cfg, p, chain), store, stages, chain)
-                    inputs[p.key] = presets[p.key].keys[p.stage]
-            keys[s.name] = stage_key(s, cfg, inputs)
-        return cls(cfg, store, tuple(stages), keys, presets=presets)
+                    plan.presets[p.key] = cls.make(preset_config(cfg, p, chain), store, stages, chain)
+            plan.keys[s.name] = stage_key(s, cfg, plan._inputs(s))
+        return plan
 
     def _inputs(self, s: Stage) -> dict[str, str]:
         return {**{i: self.keys[i] for i in s.inputs},
                 **{p.key: self.presets[p.key].keys[p.stage] for p in s.preset_inputs if p.key in self.presets}}
 
-    def upstream(self, name: str) -> list[str]:
+    def upstream(self, name: str) -> tuple[str, ...]:
         """The stage and every stage it needs, in pipeline order."""
-        want, todo = set(), [name]
-        while todo:
-            n = todo.pop()
-            if n not in want:
-                want.add(n)
-                todo.extend(self.stage(n).inputs)
-        return [s.name for s in self.stages if s.name in want]
+        return upstream({name}, self.stages)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)

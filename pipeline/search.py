@@ -36,7 +36,7 @@ from contract.chips import CHIPS, RISCV_NAMES
 from contract.spec import HIDDEN_LAYERS, KINDS, model_spec
 from pipeline import config
 from pipeline.config import SCHEMA, ConfigError
-from pipeline.stage import Stage
+from pipeline.stage import Stage, upstream
 from pipeline.sweep import base_values, has_section, write_config
 
 SEARCH_KEYS = ("base", "trials", "sampler", "seed", "pruner", "emulate", "storage", "space")
@@ -281,13 +281,4 @@ def load(path: str | Path, store_root: Path, stages: Sequence[Stage], storage: s
     space = _space(f"{where}.space", spec.get("space"), values)
     wanted = {"train", "export", "verify", "firmware"} | ({"emulate"} if emulate else set())
     return Search(name=p.stem, path=str(p), out=out, values=values, space=space, trials=trials, sampler=sampler,
-                  seed=seed, pruner=pruner, emulate=emulate, storage=url, stages=_upstream(wanted, stages))
-
-
-def _upstream(wanted: set[str], stages: Sequence[Stage]) -> tuple[str, ...]:
-    """The wanted stages and everything they read, in pipeline order."""
-    want = set(wanted)
-    for s in reversed(stages):       # pipeline order is topological: walking back collects every input
-        if s.name in want:
-            want.update(s.inputs)
-    return tuple(s.name for s in stages if s.name in want)
+                  seed=seed, pruner=pruner, emulate=emulate, storage=url, stages=upstream(wanted, stages))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from pipeline.config import SCHEMA, Config, ConfigError
 from pipeline.store import SUMMARY, Store, file_sha256
@@ -130,6 +130,15 @@ def key_value(cfg: Config, key: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{cfg.path}: {key}: {v}: no such file (allowed: an existing file, or null)")
     return {"sha256": file_sha256(p)}
+
+
+def upstream(wanted: set[str], stages: Sequence[Stage]) -> tuple[str, ...]:
+    """The wanted stages and everything they read, in pipeline order."""
+    want = set(wanted)
+    for s in reversed(stages):       # pipeline order is topological: walking back collects every input
+        if s.name in want:
+            want.update(s.inputs)
+    return tuple(s.name for s in stages if s.name in want)
 
 
 def stage_key(stage: Stage, cfg: Config, input_keys: Mapping[str, str]) -> str:
