@@ -41,6 +41,15 @@ _FULL_OR_READ_ONLY = {
 }
 
 
+def _unwritable(e: OSError) -> str | None:
+    """What to do about an error that says the store cannot be written (full, read-only), or None."""
+    if e.errno in _FULL_OR_READ_ONLY:
+        return _FULL_OR_READ_ONLY[e.errno]
+    if e.errno is None and "free space" in str(e):  # numpy's tofile reports a full disk without an errno
+        return _FULL_OR_READ_ONLY[errno.ENOSPC]
+    return None
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -132,16 +141,17 @@ class Store:
             try:
                 try:
                     summary = fn(tmp, work)
+                    (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+                    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+                    manifest = {str(p.relative_to(tmp)): {"sha256": file_sha256(p), "size": p.stat().st_size}
+                                for p in files}
+                    (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1, sort_keys=True) + "\n")
                 except OSError as e:
-                    if e.errno in _FULL_OR_READ_ONLY:
-                        raise StoreError(f"{stage}: cannot write to the store at {self.root} ({e.strerror}); "
-                                         + _FULL_OR_READ_ONLY[e.errno]) from None
-                    raise
-                (tmp / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-                files = sorted(p for p in tmp.rglob("*") if p.is_file())
-                manifest = {str(p.relative_to(tmp)): {"sha256": file_sha256(p), "size": p.stat().st_size}
-                            for p in files}
-                (tmp / MANIFEST).write_text(json.dumps({"files": manifest}, indent=1, sort_keys=True) + "\n")
+                    remedy = _unwritable(e)
+                    if remedy is None:
+                        raise
+                    raise StoreError(f"{stage}: cannot write to the store at {self.root} ({e.strerror or e}); "
+                                     + remedy) from None
                 final.parent.mkdir(parents=True, exist_ok=True)
                 tmp.chmod(0o755)  # mkdtemp makes it private; entries are for everyone to read
                 os.rename(tmp, final)

@@ -309,13 +309,18 @@ def test_ctrl_c_is_a_clean_failure_that_stores_nothing(tmp_path, monkeypatch, ca
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_a_full_disk_is_a_message_and_leaves_no_entry(tmp_path):
+@pytest.mark.parametrize("error, shown", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    # numpy's tofile (np.save of a large array) says it without an errno
+    (OSError("Not enough free space to write 47040000 bytes after offset 128"), "Not enough free space"),
+])
+def test_a_full_disk_is_a_message_and_leaves_no_entry(tmp_path, error, shown):
     store = Store(tmp_path)
 
     def fill(out, work):
         (out / "partial.bin").write_bytes(b"x")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    with pytest.raises(StoreError, match=r"data: cannot write to the store at .* \(No space left on device\); "
+        raise error
+    with pytest.raises(StoreError, match=rf"data: cannot write to the store at .* \({shown}.*\); "
                                          r"free some space \(`doit gc`"):
         store.build("data", "k" * 24, fill)
     assert not store.has("data", "k" * 24) and not any((tmp_path / "store" / ".tmp").iterdir())
