@@ -127,6 +127,9 @@ _KEYS: list[Key] = [
     Key("train.label_smoothing", "float", 0.0, "cross-entropy label smoothing", lo=0.0, hi=0.5),
     Key("train.ema", "float", 0.0, "decay of an exponential moving average of the weights, which is "
         "evaluated and exported instead of the last step's; 0 = off (e.g. 0.999)", lo=0.0, hi=0.99999),
+    Key("train.select", "str", "last", "which epoch's weights the stage keeps: the last, or best_val: the epoch "
+        "of the highest validation accuracy on the per-epoch curve (the earlier of a tie; with pruning, only "
+        "epochs from prune.epoch on); needs train.val_images", choices=("last", "best_val")),
     Key("train.teacher", "path", None, "a preset whose trained model teaches this one (knowledge distillation: "
         "the loss adds the match to its softened predictions); it is trained first if need be, with this "
         "config's train.device and train.threads; null = none"),
@@ -192,6 +195,13 @@ def _steps_per_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
+def _select_needs_validation(v: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if v["train.select"] == "best_val" and not v["train.val_images"]:
+        return [("train.select", "best_val chooses the epoch on the validation split, but train.val_images is 0 "
+                 "(allowed: last, or train.val_images above 0)")]
+    return []
+
+
 def _prune_epoch(v: Mapping[str, Any]) -> list[tuple[str, str]]:
     if v["prune.keep"] and v["prune.epoch"] > v["train.epochs"]:
         return [("prune.epoch", f"{v['prune.epoch']} is after the last epoch (train.epochs {v['train.epochs']}), so "
@@ -234,7 +244,7 @@ def _riscv_only(v: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 RULES: list[Callable[[Mapping[str, Any]], list[tuple[str, str]]]] = [
-    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, chip_formats, _riscv_only]
+    model_problems, _scale_range, _steps_per_epoch, _prune_epoch, _select_needs_validation, chip_formats, _riscv_only]
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def training_section(history: list[dict[str, Any]], out: Path) -> tuple[str, list[str]]:
+def training_section(history: list[dict[str, Any]], out: Path, kept: int | None = None) -> tuple[str, list[str]]:
+    """kept: the epoch whose weights the train stage kept (its summary's selected_epoch; None = the last)."""
     if not history:
         return ("<p>This run's train entry holds no training history (metrics.json absent or empty, "
                 "as for an imported checkpoint).</p>", [])
@@ -114,7 +115,10 @@ def training_section(history: list[dict[str, Any]], out: Path) -> tuple[str, lis
     if judged:
         best = max(judged, key=lambda h: h["val_acc"])
         val = (f"validation accuracy after the last epoch {_pct(judged[-1]['val_acc'])}, best "
-               f"{_pct(best['val_acc'])} after epoch {best['epoch']}; the test set is evaluated once, after training")
+               f"{_pct(best['val_acc'])} after epoch {best['epoch']}"
+               + (f"; the model is epoch {kept}'s, chosen on validation (train.select: best_val)"
+                  if kept is not None and kept != history[-1]["epoch"] else "")
+               + "; the test set is evaluated once, after training")
     else:
         val = "no validation split (train.val_images: 0), so no per-epoch accuracy"
     text = (f"<p>{len(history)} epochs; final training loss {history[-1]['train_loss']:.4f}; {val}. "
@@ -210,7 +214,8 @@ def run(ctx) -> dict:
     chip = chip_figures(ctx.inputs)
     keys = store_keys(ctx)
 
-    with_figures = [("training", "Training", training_section(history, out)),
+    kept = _summary(ctx.input("train")).get("selected_epoch")
+    with_figures = [("training", "Training", training_section(history, out, kept)),
                     ("errors", "Test-set errors", errors_section(images, labels, preds, classes, out)),
                     ("codes", "Weight codes", codes_section(code_usage(model), out)),
                     ("memory", "Memory budget", memory_section(exported, chip["firmware"], out))]

@@ -6,7 +6,8 @@ from a generator seeded by (seed, epoch, purpose), so an epoch is a pure functio
 starts from: a checkpoint after each epoch (model, optimizer, scheduler, metrics) is enough to resume
 a killed run bit-identically. `train.val_images` training images (a fixed class-stratified split) are
 held out: each epoch is judged on them, never on the test set, which is evaluated once, after the last
-epoch, with `int_eval` (the contract's integer path): the figure the report gives.
+epoch, with `int_eval` (the contract's integer path): the figure the report gives. `train.select: best_val`
+keeps the weights of the epoch the validation curve ranks first instead of the last epoch's.
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ def run(ctx) -> dict:
     sched = _scheduler(cfg, opt)
     ema = WeightAverage(model, cfg["train.ema"]) if cfg["train.ema"] else None
     history: list[dict] = []
+    best: dict | None = None  # train.select best_val: {"epoch", "val_acc", "model": state dict} so far
     start = 0
     ckpt = ctx.work / CKPT
     state = _checkpoint(ckpt, dev, ctx) if ckpt.is_file() else None
@@ -223,7 +225,7 @@ def run(ctx) -> dict:
             model.apply_pruning(spec.prune_keep)
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        history, start = state["history"], state["epoch"]
+        history, start, best = state["history"], state["epoch"], state.get("best")
         ctx.log(f"resuming after epoch {start} from {ckpt}")
 
     epochs = cfg["train.epochs"]
@@ -255,6 +257,10 @@ def run(ctx) -> dict:
         with ema.swapped_in(model) if ema is not None else nullcontext():  # evaluate what would be exported
             val_acc = evaluate(model, val_x, val_y, int_eval=False)[0] if len(held) else None
             entropy = model.code_entropy()
+            if cfg["train.select"] == "best_val" and (not cfg["prune.keep"] or epoch + 1 >= cfg["prune.epoch"]) \
+                    and (best is None or val_acc > best["val_acc"]):
+                best = {"epoch": epoch + 1, "val_acc": val_acc,
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         row = {"epoch": epoch + 1, **stats, "val_acc": val_acc, "lr": lr,
                "clip": {k: [round(float(v), 6) for v in np.atleast_1d(c)] if np.ndim(c) else round(float(c), 6)
                         for k, c in clips.items()},
@@ -266,6 +272,7 @@ def run(ctx) -> dict:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "ema": ema.state_dict() if ema is not None else None,
+                    "best": best,
                     "pruned": bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])}, tmp)
         os.replace(tmp, ckpt)
         if ctx.on_epoch is not None:   # after the checkpoint: an abandoned run can still carry on later
@@ -274,6 +281,14 @@ def run(ctx) -> dict:
     if ema is not None:
         ema.apply(model)
     model.update_clipping()
+    last = None
+    if best is not None and best["epoch"] != epochs:
+        # the last epoch's figures beside the chosen one's, for the report only: the choice was made on validation
+        last = {"val_accuracy_int": round(evaluate(model, val_x, val_y)[0], 6),
+                "test_accuracy_int": round(evaluate(model, test_x, test_y)[0], 6)}
+        model.load_state_dict(best["model"])   # the chosen epoch's weights as evaluated (the average, with ema)
+        model.update_clipping()
+        ctx.log(f"keeping epoch {best['epoch']} of {epochs}: validation {best['val_acc']:.4f}, the curve's best")
     val_acc = evaluate(model, val_x, val_y)[0] if len(held) else None
     test_acc, preds = evaluate(model, test_x, test_y)
     torch.save({"model": model.state_dict(), "spec": spec.to_dict()}, ctx.out / stage.MODEL)
@@ -289,6 +304,8 @@ def run(ctx) -> dict:
         "val_images": len(held),
         "train_samples_per_epoch": len(clean) * copies,
         "epochs": epochs,
+        "selected_epoch": best["epoch"] if best is not None else epochs,
+        "last_epoch_accuracy_int": last,
         "weights": weights,
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])), 2) if history else None,
         "final_train_loss": history[-1]["train_loss"] if history else None,

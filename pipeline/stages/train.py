@@ -17,7 +17,7 @@ KEYS = tuple(SPEC_KEYS) + (
     "train.restart_period", "train.restart_mult", "train.seed", "train.val_images", "train.train_limit", "train.augment",
     "train.aug_copies", "train.rotation_deg", "train.translate", "train.scale_min", "train.scale_max",
     "train.elastic_prob", "train.elastic_alpha", "train.elastic_sigma", "train.compile",
-    "train.label_smoothing", "train.ema", "train.weight_decay", "train.device", "train.threads",
+    "train.label_smoothing", "train.ema", "train.select", "train.weight_decay", "train.device", "train.threads",
     "train.distill_weight", "train.distill_temperature",
 )
 # The teacher's trained model; trained as this config trains (device, threads), on images of the same size.

@@ -133,6 +133,12 @@ def test_pruning_after_the_last_epoch_is_refused(tmp_path):
     assert _load(tmp_path, "train: {epochs: 5}\nprune: {keep: 0, epoch: 9}\n")["prune.epoch"] == 9
 
 
+def test_choosing_the_epoch_on_validation_needs_a_validation_split(tmp_path):
+    msg = _error(tmp_path, "train: {select: best_val, val_images: 0}\n")
+    assert "train.select: best_val chooses the epoch on the validation split, but train.val_images is 0" in msg
+    assert _load(tmp_path, "train: {select: best_val}\n")["train.select"] == "best_val"
+
+
 def test_empty_file_and_empty_section(tmp_path):
     assert "the file is empty (no sections)" in _error(tmp_path, "# nothing here\n")
     cfg = _load(tmp_path, "data:\n  image_size: 8\nmcu:\n  # target: ch32v002\n")

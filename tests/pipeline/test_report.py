@@ -139,3 +139,11 @@ def test_firmware_figures_shown_when_the_run_has_them(tiny_run, tmp_path):
     export = json.loads((inputs["export"] / "summary.json").read_text())
     _, files = report.memory_section(export, chip["firmware"], tmp_path)
     assert files == ["memory.png"] and (tmp_path / "memory.png").is_file()
+
+
+def test_training_text_names_the_kept_epoch_when_it_is_not_the_last(tmp_path):
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_acc": v, "lr": 1e-3,
+                "clip": {"fc1": 1.0}, "entropy": {"fc1": 2.0}, "seconds": 1.0} for e, v in ((1, 0.5), (2, 0.9), (3, 0.7))]
+    chosen, _ = report.training_section(history, tmp_path, kept=2)
+    assert "best 90.00% after epoch 2; the model is epoch 2's, chosen on validation" in chosen
+    assert "the model is epoch" not in report.training_section(history, tmp_path, kept=3)[0]

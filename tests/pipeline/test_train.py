@@ -49,10 +49,33 @@ def test_same_config_same_weights(tiny_pipeline, tmp_path):
 
 
 @pytest.mark.mnist
+def test_best_val_keeps_the_weights_of_the_epoch_the_curve_ranks_first(tiny_pipeline, tmp_path, monkeypatch):
+    from pipeline import train
+
+    cfg = config.load(TINY).replace(**{"train.epochs": 3, "train.select": "best_val", "train.ema": 0.9})
+    scripted, seen = iter([0.5, 0.9, 0.7]), []   # the curve peaks at epoch 2 of 3
+
+    def evaluate(model, images, labels, batch=2000, int_eval=True):
+        if int_eval:
+            return real(model, images, labels, batch, int_eval)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})   # what epoch len(seen) evaluated
+        return next(scripted), None
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    plan = tiny_pipeline("train", cfg, root=tmp_path)
+    summary = json.loads((entry(plan, "train") / "summary.json").read_text())
+    assert summary["selected_epoch"] == 2 and set(summary["last_epoch_accuracy_int"]) == {
+        "val_accuracy_int", "test_accuracy_int"}
+    kept = weights(plan)
+    assert len(seen) == 3 and all(torch.equal(kept[k], seen[1][k]) for k in kept if k in seen[1])
+    assert any(not torch.equal(kept[k], seen[2][k]) for k in kept)   # not the last epoch's
+
+
+@pytest.mark.mnist
 def test_killed_training_resumes_to_the_same_weights(tiny_pipeline, tmp_path):
-    # with a weight average, whose state the checkpoint must carry too
+    # with a weight average and a best epoch so far, whose states the checkpoint must carry too
     text = (TINY.read_text().replace("epochs: 2", "epochs: 4").replace("train_limit: 512", "train_limit: 3000")
-            + "  ema: 0.9\n")
+            + "  ema: 0.9\n  select: best_val\n")
     cfg_path = tmp_path / "resume.yaml"
     cfg_path.write_text(text)
     cfg = config.load(cfg_path)
