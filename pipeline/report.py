@@ -163,7 +163,10 @@ def memory_section(export: dict[str, Any], chip: dict[str, Any], out: Path) -> t
     text = (f"<p>Model flash (weights, shifts, layer table): {export['flash_bytes']:,} B of "
             f"{export['target_flash_bytes']:,} B; engine buffers (int32 accumulators + int8 activations, "
             f"one of each, reused by every layer): {export['peak_ram_bytes']:,} B of "
-            f"{export['target_ram_bytes']:,} B RAM on the {esc(export['target'])}.</p>")
+            f"{export['target_ram_bytes']:,} B RAM on the {esc(export['target'])}"
+            + ("; a layer output marked streamed is larger than those buffers and is computed a slice at a time, "
+               "never held whole (engine/CONTRACT.md)"
+               if any(r["activation_bytes"] > export["peak_ram_bytes"] for r in rows) else "") + ".</p>")
     return figure(fig, "memory budget") + text + layers, [fig]
 
 

@@ -146,6 +146,8 @@ def memory_budget(rows: list[dict[str, Any]], totals: dict[str, Any], chip: dict
     table = totals["flash_bytes"] - sum(r["flash_bytes"] for r in rows)   # layer table, model struct, start
     flash = [(r["layer"], r["flash_bytes"]) for r in rows] + [("tables", table),
                                                                 ("model total", totals["flash_bytes"])]
+    # A layer output larger than the engine's buffers is never whole in RAM: the streaming driver holds a slice
+    streamed = {f"{r['layer']} output" for r in rows if r["activation_bytes"] > totals["peak_ram_bytes"]}
     ram = ([(f"{r['layer']} output", r["activation_bytes"]) for r in rows]
            + [("engine buffers", totals["peak_ram_bytes"])])
     if "flash_used" in chip:
@@ -158,10 +160,12 @@ def memory_budget(rows: list[dict[str, Any]], totals: dict[str, Any], chip: dict
         names, sizes = [b[0] for b in bars], [b[1] for b in bars]
         colors = ["tab:blue" if "total" not in n and n != "engine buffers" else "tab:orange" for n in names]
         y = np.arange(len(bars))[::-1]
-        ax.barh(y, sizes, color=colors)
-        for yi, s in zip(y, sizes):
-            inside = s > 0.6 * limit  # a long bar carries its label inside, clear of the limit line
-            ax.text(s - limit * 0.01 if inside else s + limit * 0.01, yi, f"{s:,} B ({100 * s / limit:.1f}%)",
+        shown = [min(s, 1.2 * limit) for s in sizes]   # a bar past the axis is cut; its label gives the size
+        ax.barh(y, shown, color=colors)
+        for yi, s, w, n in zip(y, sizes, shown, names):
+            inside = w > 0.6 * limit  # a long bar carries its label inside, clear of the limit line
+            ax.text(w - limit * 0.01 if inside else w + limit * 0.01, yi,
+                    f"{s:,} B ({100 * s / limit:.1f}%)" + (", streamed" if n in streamed else ""),
                     va="center", ha="right" if inside else "left", color="white" if inside else "black",
                     fontsize=9)
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"{totals['target']} {what}: {limit:,} B")

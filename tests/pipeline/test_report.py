@@ -147,3 +147,21 @@ def test_training_text_names_the_kept_epoch_when_it_is_not_the_last(tmp_path):
     chosen, _ = report.training_section(history, tmp_path, kept=2)
     assert "best 90.00% after epoch 2; the model is epoch 2's, chosen on validation" in chosen
     assert "the model is epoch" not in report.training_section(history, tmp_path, kept=3)[0]
+
+
+def test_memory_figure_cuts_a_streamed_layer_output_instead_of_collapsing(tmp_path):
+    import warnings
+
+    from pipeline import report_figures
+
+    rows = [{"layer": "conv1", "kind": "conv", "format": "fp130", "weights": 576, "bits_per_weight": 4,
+             "flash_bytes": 512, "activation_bytes": 12544},
+            {"layer": "fc1", "kind": "fc", "format": "2bitsym", "weights": 16384, "bits_per_weight": 2,
+             "flash_bytes": 4096, "activation_bytes": 64}]
+    totals = {"flash_bytes": 5000, "peak_ram_bytes": 1094, "target": "ch32v003", "target_flash_bytes": 16384,
+              "target_ram_bytes": 2048}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # matplotlib's "constrained_layout not applied" for a bar far off the axis
+        report_figures.memory_budget(rows, totals, {"ram_used": 1984}, tmp_path / "memory.png")
+    html, _ = report.memory_section({**totals, "layers": rows}, {}, tmp_path)
+    assert "a layer output marked streamed is larger than those buffers" in html
