@@ -188,6 +188,8 @@ def collect(sweep: Sweep, store_root: Path) -> list[dict[str, Any]]:
             "group": _describe({k: v for k, v in point.items() if k != "train.seed"}), "seed": point.get("train.seed"),
             "accuracy": float(train["test_accuracy_int"]),
             "val_accuracy": None if train.get("val_accuracy_int") is None else float(train["val_accuracy_int"]),
+            # the epoch whose weights were kept (train.select) of how many: absent for an imported checkpoint
+            "epoch": train.get("selected_epoch", train.get("epochs")), "epochs": train.get("epochs"),
             "flash_bytes": int(export["flash_bytes"]), "weights": int(export["weights"]),
             "verified": None if verify is None else all(v == 0 for v in verify["mismatches"].values()),
             "cycles": None if emulate is None else emulate["cycles"]["mean"],
@@ -222,18 +224,20 @@ def seed_table(rows: list[dict[str, Any]]) -> list[str]:
 def write_report(sweep: Sweep, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """results.csv, table.md and pareto.png in out; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    fields = ["run", "point", "seed", "accuracy", "val_accuracy", "flash_bytes", "weights", "verified", "cycles", "pareto"]
+    fields = ["run", "point", "seed", "accuracy", "val_accuracy", "epoch", "epochs", "flash_bytes", "weights",
+              "verified", "cycles", "pareto"]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [f"# Sweep {sweep.name} ({len(rows)} of {len(sweep.runs)} runs finished)", "",
-             "| run | values | test accuracy (int) | validation | flash bytes | weights | verified | Pareto |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | values | test accuracy (int) | validation | epoch kept | flash bytes | weights | verified | Pareto |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["flash_bytes"]):
         ver = {None: "-", True: "yes", False: "MISMATCH"}[r["verified"]]
         val = "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}%"
-        lines.append(f"| {r['run']} | {r['point']} | {100 * r['accuracy']:.2f}% | {val} | {r['flash_bytes']:,} | "
+        kept = "-" if r["epochs"] is None else f"{r['epoch']} of {r['epochs']}"
+        lines.append(f"| {r['run']} | {r['point']} | {100 * r['accuracy']:.2f}% | {val} | {kept} | {r['flash_bytes']:,} | "
                      f"{r['weights']:,} | {ver} | {'*' if r['pareto'] else ''} |")
     lines += seed_table(rows)
     (out / "table.md").write_text("\n".join(lines) + "\n")

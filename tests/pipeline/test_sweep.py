@@ -88,6 +88,8 @@ sweep:
     with open(store / "sweeps" / "sw" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["run"] for r in rows) == ["sw-00", "sw-01"] and all(r["verified"] == "True" for r in rows)
+    assert all(r["epoch"] == r["epochs"] == "1" for r in rows)          # train.select last: the only epoch
+    assert "| epoch kept |" in (store / "sweeps" / "sw" / "table.md").read_text()
     assert (store / "sweeps" / "sw" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     again = doit(store, f"cfg={p}", "sweep")  # everything is in the store: nothing is rebuilt
     assert again.returncode == 0 and "] stored" not in again.stdout and "sw-01" in again.stdout
