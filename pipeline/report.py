@@ -166,7 +166,7 @@ def memory_section(export: dict[str, Any], chip: dict[str, Any], out: Path) -> t
             f"{export['target_ram_bytes']:,} B RAM on the {esc(export['target'])}"
             + ("; a layer output marked streamed is larger than those buffers and is computed a slice at a time, "
                "never held whole (engine/CONTRACT.md)"
-               if any(r["activation_bytes"] > export["peak_ram_bytes"] for r in rows) else "") + ".</p>")
+               if figs.streamed_layers(rows, export["peak_ram_bytes"]) else "") + ".</p>")
     return figure(fig, "memory budget") + text + layers, [fig]
 
 

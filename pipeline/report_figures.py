@@ -135,6 +135,12 @@ def code_histograms(layers: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def streamed_layers(rows: list[dict[str, Any]], buffer_bytes: int) -> list[str]:
+    """Layers whose output is larger than the engine's buffers: never whole in RAM, the streaming driver
+    computes it a slice at a time."""
+    return [r["layer"] for r in rows if r["activation_bytes"] > buffer_bytes]
+
+
 def memory_budget(rows: list[dict[str, Any]], totals: dict[str, Any], chip: dict[str, int],
                   path: Path) -> Path:
     """Flash and RAM per layer against the chip's limits (export's table; the firmware's totals if built).
@@ -146,8 +152,7 @@ def memory_budget(rows: list[dict[str, Any]], totals: dict[str, Any], chip: dict
     table = totals["flash_bytes"] - sum(r["flash_bytes"] for r in rows)   # layer table, model struct, start
     flash = [(r["layer"], r["flash_bytes"]) for r in rows] + [("tables", table),
                                                                 ("model total", totals["flash_bytes"])]
-    # A layer output larger than the engine's buffers is never whole in RAM: the streaming driver holds a slice
-    streamed = {f"{r['layer']} output" for r in rows if r["activation_bytes"] > totals["peak_ram_bytes"]}
+    streamed = {f"{name} output" for name in streamed_layers(rows, totals["peak_ram_bytes"])}
     ram = ([(f"{r['layer']} output", r["activation_bytes"]) for r in rows]
            + [("engine buffers", totals["peak_ram_bytes"])])
     if "flash_used" in chip:

@@ -254,10 +254,11 @@ def run(ctx) -> dict:
         if cfg["prune.keep"] and epoch + 1 == cfg["prune.epoch"]:
             model.apply_pruning(spec.prune_keep)
         model.update_clipping()
+        pruned = bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])
         with ema.swapped_in(model) if ema is not None else nullcontext():  # evaluate what would be exported
             val_acc = evaluate(model, val_x, val_y, int_eval=False)[0] if len(held) else None
             entropy = model.code_entropy()
-            if cfg["train.select"] == "best_val" and (not cfg["prune.keep"] or epoch + 1 >= cfg["prune.epoch"]) \
+            if cfg["train.select"] == "best_val" and (pruned or not cfg["prune.keep"]) \
                     and (best is None or val_acc > best["val_acc"]):
                 best = {"epoch": epoch + 1, "val_acc": val_acc,
                         "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
@@ -272,8 +273,7 @@ def run(ctx) -> dict:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "history": history, "epoch": epoch + 1, "ema": ema.state_dict() if ema is not None else None,
-                    "best": best,
-                    "pruned": bool(cfg["prune.keep"] and epoch + 1 >= cfg["prune.epoch"])}, tmp)
+                    "best": best, "pruned": pruned}, tmp)
         os.replace(tmp, ckpt)
         if ctx.on_epoch is not None:   # after the checkpoint: an abandoned run can still carry on later
             ctx.on_epoch(epoch + 1, row)
