@@ -1731,10 +1731,22 @@ static void bm__copy_i8(const int8_t *src, uint32_t n, int8_t *dst)
    m->act holds x0, which every channel reads. m->chan holds the channel's working map: conv1 writes its
    requantized output there and each further layer but the last overwrites it in place (bm__conv_q), a pool
    compacting it in place too; every map keeps rows N bytes apart (N x N: the input). The last layer writes
-   its int32 values to m->acc, and they wait in m->feat, kept to 8 bits, for the layer's shift. m->feat holds
+   its int32 values to m->acc, and they wait in m->feat (after them in the same buffer, engine/header.py),
+   kept to 8 bits, for the layer's shift. m->feat holds
    the C*H*W cached values, C exponents, then two bytes per conv layer: guess (the shifts used) and meas (the
    shifts measured). Every run starts its guesses from m->start and takes the channels in m->start's order
    (the export's choice for speed), so its time depends on its image only. */
+
+/* 1 when the last conv layer's int32 map of `words` values fits in m->acc without reaching m->feat, which the
+   generated header places right after it in the same buffer (engine/header.py), and a feat that starts in acc
+   ends there too. The addresses are compared as integers: the two may be separate objects. */
+static int32_t bm__map_fits(const bm_model *m, uint32_t words)
+{
+    uintptr_t a = (uintptr_t)m->acc, end = a + 4u * (uintptr_t)m->acc_words, f = (uintptr_t)m->feat;
+    if (words > m->acc_words || (f >= a && f < end && f + (uintptr_t)m->feat_bytes > end))
+        return 0;
+    return f >= a + 4u * (uintptr_t)words || a >= f + (uintptr_t)m->feat_bytes;
+}
 
 /* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input), then depthwise
    C -> C layers, each on the map the previous one gives, and must fit m's buffers (engine/header.py
@@ -1756,7 +1768,7 @@ static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_
             h >>= 1;
             w >>= 1;
         }
-        if (j + 1u == n && bm__umul(lay->pool ? h + h : h, lay->pool ? w + w : w) > m->acc_words)
+        if (j + 1u == n && !bm__map_fits(m, bm__umul(lay->pool ? h + h : h, lay->pool ? w + w : w)))
             return 0u;                    /* the last layer's int32 map, before its pool */
         if (lay->out_h != h || lay->out_w != w || h < 1u || w < 1u)
             return 0u;

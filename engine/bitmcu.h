@@ -265,7 +265,9 @@ typedef struct bm_layer {
    channel at a time (CONTRACT §6, "Streaming"): act holds the input x0 and then the flattened features,
    chan (N x N bytes) one channel's map, which conv1 writes and the later conv layers but the last
    overwrite in place, acc the last conv layer's int32 channel map, feat the last conv layer's values
-   kept to 8 bits, one exponent per channel and two bytes per conv layer (the pass bookkeeping). start
+   kept to 8 bits, one exponent per channel and two bytes per conv layer (the pass bookkeeping). The
+   generated header puts feat in acc right after that map (BM_MAP_WORDS): both are dead once the fc layers
+   write their outputs to acc; bm_run checks that the map does not reach feat. start
    (const, from the export) holds the shift guesses each run starts from, one per conv layer but the last,
    then the C channels in the order a pass takes them (a permutation), or is NULL (guesses 0, channels in
    order): it sets only how long a run takes. The generated

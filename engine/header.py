@@ -140,12 +140,13 @@ def render_header(model: PackedModel) -> str:
         _define("BM_N_LAYERS", len(layers)),
         _define("BM_LAYER_NAMES", f"{{{names}}}"),
         _define("BM_N_SHIFTS", sizes["n_shifts"], "requantized layers"),
-        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output or last conv channel map"),
+        _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output, or last conv map then feat"),
+        _define("BM_MAP_WORDS", sizes["map_words"], "int32: CNN: the last conv layer's map on one channel"),
         _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
         _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's N x N working conv map"),
-        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 2 B/conv"),
+        _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 2 B/conv (in acc)"),
         _define("BM_TRACE_ACT_BYTES", sizes["trace_act_bytes"], "int8: x0 and every requantized output"),
-        _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan + feat"),
+        _define("BM_RAM_BYTES", sizes["ram_bytes"], "static buffers: 4 * acc + act + chan"),
         _define("BM_FLASH_WEIGHT_BYTES", sizes["weight_bytes"], "packed weight words"),
         _define("BM_FLASH_SHIFT_BYTES", sizes["shift_bytes"], "per-output shifts (none when all 0)"),
         _define("BM_FLASH_TABLE_BYTES", sizes["table_bytes"],
@@ -181,11 +182,11 @@ def render_header(model: PackedModel) -> str:
         "static int8_t bm_act_buf[BM_ACT_BYTES];",
         # int16_t: 2-aligned, so that bm_run may build fc column tables in it (BM_CFG_CHAN_BYTES)
         *(["static int16_t bm_chan_buf[(BM_CHAN_BYTES + 1) / 2];"] if sizes["chan_bytes"] else []),
-        *(["static uint8_t bm_feat_buf[BM_FEAT_BYTES];"] if sizes["feat_bytes"] else []),
         "",
         "static const bm_model bm_net = {bm_layers, bm_acc_buf, bm_act_buf, "
         f"{'(int8_t *)bm_chan_buf' if sizes['chan_bytes'] else 'NULL'}, "
-        f"{'bm_feat_buf' if sizes['feat_bytes'] else 'NULL'}, "
+        # feat after the map in acc: dead when the fc layers write their outputs there
+        f"{'(uint8_t *)(bm_acc_buf + BM_MAP_WORDS)' if sizes['feat_bytes'] else 'NULL'}, "
         f"{'bm_start' if start else 'NULL'},",
         "                                BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES, BM_IMAGE_PIXELS,",
         "                                BM_N_LAYERS, BM_IMAGE_SIZE, BM_INPUT_ZERO, BM_NUM_CLASSES};",

@@ -4,7 +4,9 @@ Each function here is the C function of the same name without its bm__ prefix (b
 and works on the same buffers as the C driver: `act` (x0, then the features), `chan` (one channel's N x N
 working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat`, the driver's bookkeeping
 in a run (the last layer's cached bytes, its exponents, then per conv layer the shift guessed and the shift
-measured); every run starts from the model's `stream_start` (guesses and channel order). A test runs images through both and compares
+measured), which follows the map in the C engine's acc buffer, so the hidden fc layers' outputs overwrite it
+(`run` does the same); every run starts from the model's `stream_start` (guesses and channel order). A test
+runs images through both and compares
 the logits, the trace and `feat` after every run (tests/refimpl/test_stream.py). It is written for reading, not speed;
 refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
 (CONTRACT §6, "Streaming").
@@ -245,6 +247,8 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
              int(lay.n_out), np.asarray(lay.out_shifts).astype(np.uint8), relu, y)
         if not relu:
             return dict(logits=y[0], acts=np.concatenate(acts), shifts=shifts, passes=passes)
+        over = y[0].astype("<i4").view(np.uint8)[4 * sizes["map_words"]:][:feat.size]  # acc's int32 outputs
+        feat[:over.size] = over                                              # reach over feat, behind the map
         x = np.empty_like(y, dtype=np.int8)
         s = np.empty(1, dtype=np.int64)
         K.shiftnorm(y, x, s)
@@ -253,41 +257,78 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
     raise ValueError("refimpl.stream.run: the model has no final fc layer")
 
 
-
-
-def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 200) -> list[int]:
+def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 500) -> list[int]:
     """A stream_start for a CNN from sample images uint8 [B, N, N] (training images, at export); a choice of
-    speed only (results never depend on it). The channel order: the channel most often at conv1's shift (the
-    run's probe), then the others most often at their layer's shift first (summed over the layers with a guessed
-    shift), so that a pass meets a too-low guess early. The guesses: of the shifts that occur together most
-    often, and that tuple lowered by one in any subset of its layers (a guess too high costs a whole pass, one
-    too low a stop after a channel or two), the one whose slowest run over the first `tries` images computes the
-    fewest conv values (then the fewest on average). Empty for a model with
-    fewer than two conv layers."""
-    from refimpl.model import run as run_whole          # the fast whole-map engine
+    speed only (results never depend on it). The probe (the run's first channel, which sets conv1's guess) is
+    the channel most often at conv1's shift. The guesses: of the shifts that occur together most often, and
+    that tuple lowered by one in any subset of its layers (a guess too high costs a whole pass, one too low a
+    stop), the one whose slowest 1% of runs over the first `tries` images compute the fewest conv values on
+    average (then the fewest over all: the limit is on the slowest run, and one outlier should not decide),
+    each with its own channel order (`_order`, which needs many images to meet the rare slow ones). Empty for
+    a model with fewer than two conv layers."""
     convs = [lay for lay in model.layers if lay.kind != "fc"]
     nh = len(convs) - 1
     if nh < 1 or len(pixels) == 0:
         return []
-    ch = int(convs[0].n_out)
-    res = run_whole(model, pixels)
-    shifts = np.stack([s for _, s in res["shifts"][:nh]], axis=1)
-    reach = np.zeros((nh, ch))
-    for j, lay in enumerate(convs[:nh]):
-        own = np.concatenate([_own_shifts(lay, res["acts"][j][1][lo:lo + 256]) for lo in range(0, len(pixels), 256)])
-        reach[j] = (own == shifts[:, j:j + 1]).mean(axis=0)
-    probe = int(np.argmax(reach[0]))                     # the first channel sets conv1's guess (bm__cnn_channel)
-    order = [probe] + [int(c) for c in np.argsort(-reach.sum(axis=0), kind="stable") if c != probe]
+    shifts, own = _shifts_and_own(convs, model, pixels)
+    reach = (own == shifts[:, :, None]).mean(axis=0)     # [nh, C]: how often a channel holds its layer's shift
+    probe = int(np.argmax(reach[0]))
     tuples, counts = np.unique(shifts, axis=0, return_counts=True)
     mode = tuples[int(np.argmax(counts))]
     best, best_cost = [], None
     for low in range(1 << nh):
         guess = [max(int(g) - (low >> j & 1), 0) for j, g in enumerate(mode)]
-        work = [_work(model, convs, guess + order, px) for px in pixels[:tries]]
-        cost = (max(work), sum(work))
+        start = guess + _order(own, shifts, guess, probe, reach.sum(axis=0))
+        work = np.sort([_work(model, convs, start, px) for px in pixels[:tries]])
+        cost = (work[-max(1, len(work) // 100):].mean(), work.sum())
         if best_cost is None or cost < best_cost:
-            best, best_cost = guess, cost
-    return best + order
+            best, best_cost = start, cost
+    return best
+
+
+def _shifts_and_own(convs: list[PackedLayer], model: PackedModel, pixels: np.ndarray,
+                    chunk: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """The shifts [B, nh] of the conv layers but the last, and each channel's own shift [B, nh, C], from the
+    whole-map engine, `chunk` images at a time (its maps of many images would not fit in memory)."""
+    from refimpl.model import run as run_whole          # the fast whole-map engine
+    nh = len(convs) - 1
+    shifts, own = [], []
+    for lo in range(0, len(pixels), chunk):
+        res = run_whole(model, pixels[lo:lo + chunk])
+        shifts.append(np.stack([s for _, s in res["shifts"][:nh]], axis=1))
+        own.append(np.stack([np.concatenate([_own_shifts(lay, res["acts"][j][1][k:k + 256])
+                                             for k in range(0, len(res["acts"][j][1]), 256)])
+                             for j, lay in enumerate(convs[:nh])], axis=1))
+    return np.concatenate(shifts), np.concatenate(own)
+
+
+def _order(own: np.ndarray, shifts: np.ndarray, guess: list[int], probe: int, reach: np.ndarray) -> list[int]:
+    """The channel order for start guesses `guess`: the probe, then greedily the channel that proves the most
+    sample images' first too-low guess wrong among those no earlier channel does (ties: the one most often at
+    its layers' shifts), so that a pass stops early. own [B, nh, C]: each channel's own shift per image and
+    layer (exact earlier shifts), shifts [B, nh]: the layers' shifts, reach [C]. A guess too high is not
+    counted: no channel shows it before the pass ends."""
+    b, nh, ch = own.shape
+    g = np.tile(np.asarray(guess, dtype=np.int64), (b, 1))
+    g0 = own[:, 0, probe]                               # the probe's conv1 shift replaces the guess (cnn_channel)
+    if nh > 1:                                          # ... and moves the next layer's the other way (reguess)
+        g[:, 1] = np.clip(g[:, 1] + g[:, 0] - g0, 0, 24)
+    g[:, 0] = g0
+    wrong = g != shifts
+    first = np.where(wrong.any(axis=1), wrong.argmax(axis=1), nh)
+    cover = np.zeros((b, ch), dtype=bool)               # channel c stops image i's first pass
+    for i in np.flatnonzero(first < nh):
+        j = first[i]
+        if g[i, j] < shifts[i, j]:
+            cover[i] = own[i, j] > g[i, j]
+    order, rest = [probe], [c for c in np.argsort(-reach, kind="stable") if c != probe]
+    left = ~cover[:, probe] & cover.any(axis=1)
+    while rest:
+        gain = cover[left][:, rest].sum(axis=0)
+        c = rest.pop(int(np.argmax(gain)))              # argmax takes the first: the most reach among ties
+        order.append(int(c))
+        left &= ~cover[:, c]
+    return order
 
 
 def _work(model: PackedModel, convs: list[PackedLayer], start: list[int], pixels: np.ndarray) -> int:
@@ -315,4 +356,4 @@ def _own_shifts(lay: PackedLayer, x: np.ndarray) -> np.ndarray:
         K.maxpool2(y, pooled)
         y = pooled
     top = y.reshape(y.shape[0], y.shape[1], -1).max(axis=2)
-    return np.vectorize(lambda m: max(0, int(m).bit_length() - 7), otypes=[np.int64])(top)
+    return np.maximum(np.frexp(top.astype(np.float64))[1] - 7, 0).astype(np.int64)   # bit lengths: exact below 2^53

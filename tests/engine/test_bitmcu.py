@@ -332,15 +332,16 @@ def test_run_c_validates_pixels(packed_models, build_dir):
 
 def test_buffer_sizes_follow_the_layer_shapes(packed_models):
     cnn = layout(packed_models[4])                        # 16x16, C=4, streamed: one channel's maps at a time
-    assert cnn["acc_words"] == 4 * 4 and cnn["act_bytes"] == 256               # dw2 channel before its pool; x0
+    assert cnn["map_words"] == 4 * 4 and cnn["act_bytes"] == 256               # dw2 channel before its pool; x0
     assert cnn["chan_bytes"] == 16 * 16 and cnn["feat_bytes"] == 4 * 2 * 2 + 4 + 2 * 3
-    assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"] + cnn["chan_bytes"] + cnn["feat_bytes"]
+    assert cnn["acc_words"] == 16 + 7                     # the map, then feat's 26 bytes (fc1's 12 outputs fit)
+    assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"] + cnn["chan_bytes"]
     assert cnn["trace_act_bytes"] == 256 + 4 * 14 * 14 + 4 * 6 * 6 + 4 * 2 * 2 + 12
     fc = layout(packed_models[0])                         # 256 - 24 - 16 - 10, 4bitsym, per_tensor
     assert (fc["acc_words"], fc["act_bytes"], fc["shift_bytes"]) == (24, 256, 0)
     assert fc["weight_bytes"] == 4 * (24 * 32 + 16 * 3 + 10 * 2)
     assert fc["flash_bytes"] == fc["weight_bytes"] + 3 * 32 + MODEL_BYTES
-    assert (fc["chan_bytes"], fc["feat_bytes"]) == (0, 0)
+    assert (fc["chan_bytes"], fc["feat_bytes"], fc["map_words"]) == (0, 0, 0)
 
 
 # ---- extreme inputs and weights under AddressSanitizer + UBSan --------------------------------------------
@@ -586,10 +587,11 @@ def test_streamed_cnn_multiplier_free_clean_under_sanitizers(build_dir, tmp_path
 
 
 @pytest.mark.parametrize("table,define", [(3, "BM_ACC_WORDS"), (0, "BM_ACT_BYTES"), (3, "BM_CHAN_BYTES"),
-                                          (3, "BM_FEAT_BYTES")])
+                                          (3, "BM_FEAT_BYTES"), (3, "BM_MAP_WORDS")])
 def test_streamed_cnn_buffers_are_no_larger_than_needed(cnn_tables, build_dir, table, define):
     """One element less than header.py's layout in any buffer and bm_run refuses the model (the sanitizer
-    test shows that the layout is enough)."""
+    test shows that the layout is enough): acc too short for the feat behind its map, or a map that would
+    reach feat."""
     text = render_header(cnn_tables[table])
     patched = re.sub(rf"#define {define} (\d+)", lambda mt: f"#define {define} {int(mt[1]) - 1}", text, count=1)
     assert patched != text
@@ -614,8 +616,8 @@ def test_streamed_cnn_clean_under_sanitizers(cnn_tables, build_dir, tmp_path):
         np.savez(tmp_path / f"table{i}.npz", **ref)
         text = render_header(model)
         if i == 4:
-            fill = ", ".join(["255"] * layout(model)["feat_bytes"])
-            text = text.replace("bm_feat_buf[BM_FEAT_BYTES];", f"bm_feat_buf[BM_FEAT_BYTES] = {{{fill}}};")
+            fill = ", ".join(["-1"] * layout(model)["acc_words"])      # feat lies in acc, behind the map
+            text = text.replace("bm_acc_buf[BM_ACC_WORDS];", f"bm_acc_buf[BM_ACC_WORDS] = {{{fill}}};")
             assert fill in text
         args += [str(build_library(text, build_dir, sanitize=True)), str(tmp_path / f"table{i}.npz")]
     res = _sanitized_python(args, _CHILD)
