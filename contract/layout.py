@@ -49,7 +49,8 @@ def layout(model: PackedModel) -> dict[str, Any]:
     start_bytes = len(convs) - 1 + int(convs[0].n_out) if len(convs) > 1 else 0
     acc_words = max([1, *(int(lay.n_out) for lay in fcs), map_words + -(-feat_bytes // 4)])
     act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
-    return dict(acc_words=acc_words, map_words=map_words, act_bytes=act_bytes, chan_bytes=chan_bytes, feat_bytes=feat_bytes,
+    return dict(acc_words=acc_words, map_words=map_words, act_bytes=act_bytes, chan_bytes=chan_bytes,
+                feat_bytes=feat_bytes,
                 trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),
                 ram_bytes=4 * acc_words + act_bytes + chan_bytes, weight_bytes=weight_bytes,
                 shift_bytes=shift_bytes, table_bytes=table_bytes, start_bytes=start_bytes,

@@ -6,10 +6,9 @@ working map, rows N apart), `acc` (the last layer's int32 channel map) and `feat
 in a run (the last layer's cached bytes, its exponents, then per conv layer the shift guessed and the shift
 measured), which follows the map in the C engine's acc buffer, so the hidden fc layers' outputs overwrite it
 (`run` does the same); every run starts from the model's `stream_start` (guesses and channel order). A test
-runs images through both and compares
-the logits, the trace and `feat` after every run (tests/refimpl/test_stream.py). It is written for reading, not speed;
-refimpl/model.py is the fast whole-map engine, whose results the streaming order must not change
-(CONTRACT §6, "Streaming").
+runs images through both and compares the logits, the trace and `feat` after every run
+(tests/refimpl/test_stream.py). It is written for reading, not speed; refimpl/model.py is the fast whole-map
+engine, whose results the streaming order must not change (CONTRACT §6, "Streaming").
 """
 from __future__ import annotations
 
@@ -309,18 +308,13 @@ def _order(own: np.ndarray, shifts: np.ndarray, guess: list[int], probe: int, re
     layer (exact earlier shifts), shifts [B, nh]: the layers' shifts, reach [C]. A guess too high is not
     counted: no channel shows it before the pass ends."""
     b, nh, ch = own.shape
-    g = np.tile(np.asarray(guess, dtype=np.int64), (b, 1))
-    g0 = own[:, 0, probe]                               # the probe's conv1 shift replaces the guess (cnn_channel)
-    if nh > 1:                                          # ... and moves the next layer's the other way (reguess)
-        g[:, 1] = np.clip(g[:, 1] + g[:, 0] - g0, 0, 24)
-    g[:, 0] = g0
-    wrong = g != shifts
-    first = np.where(wrong.any(axis=1), wrong.argmax(axis=1), nh)
     cover = np.zeros((b, ch), dtype=bool)               # channel c stops image i's first pass
-    for i in np.flatnonzero(first < nh):
-        j = first[i]
-        if g[i, j] < shifts[i, j]:
-            cover[i] = own[i, j] > g[i, j]
+    for i in range(b):
+        g = np.array(guess, dtype=np.int64)
+        reguess(g, 0, nh, int(own[i, 0, probe]))        # the probe's conv1 shift replaces the guess (cnn_channel)
+        j = next((j for j in range(nh) if g[j] != shifts[i, j]), nh)
+        if j < nh and g[j] < shifts[i, j]:
+            cover[i] = own[i, j] > g[j]
     order, rest = [probe], [c for c in np.argsort(-reach, kind="stable") if c != probe]
     left = ~cover[:, probe] & cover.any(axis=1)
     while rest:
