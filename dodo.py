@@ -21,7 +21,7 @@ from contract.errors import UserError
 from contract.formats import FORMAT_NAMES
 from pipeline import config, search, sweep
 from pipeline.graph import STAGES, Plan
-from pipeline.store import Store
+from pipeline.store import Store, check_writable
 
 # command-line variables: name -> what it is for (an unknown one is an error, never ignored)
 VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild",
@@ -43,10 +43,7 @@ for _var in (doit_cmd._CMDLINE_VARS or {}):   # doit keeps the `name=value` argu
 
 ARTIFACTS = Path(os.environ.get("BITMCU_ARTIFACTS", "artifacts"))
 try:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)  # doit opens its db there before any task runs
-    with open(ARTIFACTS / ".write-test", "w"):
-        pass
-    os.remove(ARTIFACTS / ".write-test")
+    check_writable(ARTIFACTS)  # doit opens its db there before any task runs
 except OSError as e:
     _fail(f"{ARTIFACTS}: the store cannot be written ({e.strerror}); point $BITMCU_ARTIFACTS at a writable folder")
 

@@ -50,6 +50,14 @@ def _unwritable(e: OSError) -> str | None:
     return None
 
 
+def check_writable(root: Path) -> None:
+    """Create root if need be and prove a file can be made in it; raises OSError if not. The probe file has a
+    name of its own (several doit processes may start at once, and one must not delete another's probe)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=root, prefix=".write-test-"):
+        pass
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ import pytest
 from pipeline import config
 from pipeline.config import SCHEMA
 from pipeline.graph import STAGES, Plan
-from pipeline.store import Store, StoreError
+from pipeline.store import Store, StoreError, check_writable
 
 from tests.conftest import ROOT
 
@@ -219,6 +219,19 @@ def test_two_processes_build_an_entry_once(tmp_path):
     assert len(log.read_text().splitlines()) == 1
     plan = Plan.make(config.from_values({}), Store(tmp_path / "a"), FAKE[:1])
     Store(tmp_path / "a").verify(FAKE[0].name, plan.keys[FAKE[0].name])
+
+
+def test_the_write_check_leaves_other_processes_probes_alone(tmp_path):
+    # doit's start-up check runs in every process; one that removed a shared probe name made another, started
+    # in the same second, fail with "the store cannot be written (No such file or directory)"
+    root = tmp_path / "new" / "artifacts"
+    check_writable(root)                       # creates the folder and leaves nothing in it
+    assert root.is_dir() and list(root.iterdir()) == []
+    others = [root / ".write-test", root / ".write-test-x"]
+    for f in others:                           # another process's probe, mid-check
+        f.write_text("")
+    check_writable(root)
+    assert all(f.is_file() for f in others)
 
 
 def test_killed_build_leaves_no_entry(tmp_path):
