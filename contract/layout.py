@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.model import PackedModel
+from contract.model import PackedModel, stream_runs
 
 LAYER_BYTES = 32      # sizeof(bm_layer) on a 32-bit target (ilp32 / ilp32e)
 MODEL_BYTES = 48      # sizeof(bm_model) on a 32-bit target
@@ -18,8 +18,8 @@ def layout(model: PackedModel) -> dict[str, Any]:
     """Sizes of a packed model, as the header #defines them.
 
     The conv layers of a CNN stream one channel at a time (CONTRACT §6, "Streaming"), so their
-    buffers hold one channel's maps. map_words: the last conv layer's int32 map on one channel (its
-    (H-2)*(W-2) values before the pool, a pool's odd last row and column left out; 0 without conv layers).
+    buffers hold one channel's maps. map_words: the last conv layer's int32 map on one channel (its H*W
+    values after the pool: the kernels compute a pooled layer pooled; 0 without conv layers).
     feat_bytes: the last conv layer's C*H*W values kept to 8 bits, C exponents and 2 bytes per conv layer
     (the shift used and the shift measured). acc_words: the int32 region that holds the largest hidden fc
     output (n_out; the final layer writes the caller's logits directly) and, for a CNN, first the map and then
@@ -30,25 +30,36 @@ def layout(model: PackedModel) -> dict[str, Any]:
     requantized output, in order. flash: weight words, shift bytes (per_tensor layers store none), the layer
     table + model struct on a 32-bit target, and a CNN's start state (start_bytes: a shift per conv layer but
     the last, then the C channels' order; none for a single conv layer).
+
+    With a pw layer (model.mix) the conv layers stream in two runs around it (CONTRACT §6, "With pw1"): act also
+    holds the first run's map after x0, which the pw layer rewrites in place and the second run reads; map_words
+    is at least the pw layer's n_out (its int32 outputs at one pixel); feat holds the larger of the last run's
+    bytes, a first run's exponents and shifts (its bytes wait in act), and the pw layer's gathered inputs and
+    per-pixel exponents; each run of two or more layers has its own start state.
     """
     n = int(model.image_size)
     hidden = [lay for lay in model.layers if lay.requant]
     convs = [lay for lay in model.layers if lay.kind != "fc"]
     fcs = [lay for lay in hidden if lay.kind == "fc"]
     out_len = [int(np.prod(lay.out_shape)) for lay in hidden]
-    map_words = 0
-    if convs:
-        h, w = int(convs[-1].in_shape[1]) - 2, int(convs[-1].in_shape[2]) - 2
-        map_words = (h - h % 2) * (w - w % 2) if convs[-1].pool else h * w
+    runs = stream_runs(model.layers)
+    pws = [lay for lay in convs if lay.kind == "pwconv"]
+    maps = [*(int(lay.n_out) for lay in pws)]
+    for run in runs:                      # each run's last layer's int32 map, after its pool (computed pooled)
+        maps.append(int(np.prod(run[-1].out_shape[1:])))
+    map_words = max(maps, default=0)
     feats = [int(np.prod(convs[-1].out_shape))] if convs else []
+    held = [n * n + int(np.prod(run[-1].out_shape)) for run in runs[:-1]]   # x0 and a first run's map
     chan_bytes = n * n if len(convs) > 1 else 0
-    feat_bytes = feats[0] + int(convs[-1].n_out) + 2 * len(convs) if convs else 0
+    feat_bytes = max([feats[0] + int(runs[-1][0].n_out) + 2 * len(runs[-1]),
+                      *(int(run[0].n_out) + 2 * len(run) for run in runs[:-1]),
+                      *(int(lay.n_in) + int(np.prod(lay.in_shape[1:])) for lay in pws)]) if convs else 0
     shift_bytes = sum(int(lay.n_out) for lay in model.layers if np.asarray(lay.out_shifts).any())
     weight_bytes = sum(4 * int(np.asarray(lay.words).size) for lay in model.layers)
     table_bytes = LAYER_BYTES * len(model.layers) + MODEL_BYTES
-    start_bytes = len(convs) - 1 + int(convs[0].n_out) if len(convs) > 1 else 0
+    start_bytes = sum(len(run) - 1 + int(run[0].n_out) for run in runs if len(run) > 1)
     acc_words = max([1, *(int(lay.n_out) for lay in fcs), map_words + -(-feat_bytes // 4)])
-    act_bytes = max([n * n, *feats, *(int(lay.n_out) for lay in fcs)])
+    act_bytes = max([n * n, *feats, *held, *(int(lay.n_out) for lay in fcs)])
     return dict(acc_words=acc_words, map_words=map_words, act_bytes=act_bytes, chan_bytes=chan_bytes,
                 feat_bytes=feat_bytes,
                 trace_act_bytes=n * n + sum(out_len), n_shifts=len(hidden),

@@ -19,18 +19,18 @@ from contract.packing import pack, row_words
 from contract.spec import ACC_LIMIT, KINDS, MAX_OUT_SHIFT, ModelSpec, layer_bound
 
 FORMAT_VERSION = 3
-LAYER_KINDS = ("fc", "conv", "dwconv")
+LAYER_KINDS = ("fc", "conv", "dwconv", "pwconv")
 
 
 @dataclass
 class PackedLayer:
     name: str
-    kind: str                         # fc | conv | dwconv
+    kind: str                         # fc | conv | dwconv | pwconv (1x1, CONTRACT §6)
     format: str                       # a name of contract.formats.FORMATS with an integer form
     words: np.ndarray                 # uint32 [n_out * row_words], rows word aligned
     row_words: int
     out_shifts: np.ndarray            # int64 [n_out] in [0, MAX_OUT_SHIFT]
-    n_in: int                         # terms per output (conv: 9 * input channels per group)
+    n_in: int                         # terms per output (conv: 9 * input channels per group; pwconv: C)
     n_out: int
     groups: int
     in_shape: tuple[int, ...]         # fc: (n_in,); conv: (C, H, W)
@@ -105,14 +105,29 @@ class PackedModel:
         if shape != (self.num_classes,) or self.layers[-1].kind != "fc":
             _fail("model", f"the last layer must be fc with num_classes = {self.num_classes} outputs; got {shape}")
         self.stream_start = [int(v) for v in self.stream_start]
-        convs = [lay for lay in self.layers if lay.kind != "fc"]
-        nh = max(len(convs) - 1, 0)
-        start = self.stream_start
-        ch = convs[0].n_out if convs else 0
-        if start and (nh < 1 or len(start) != nh + ch or not all(0 <= g <= 24 for g in start[:nh])
-                      or sorted(start[nh:]) != list(range(ch))):
-            _fail("model", f"stream_start must be empty or {nh} shifts in [0, 24], then the channels 0 to {ch - 1} "
-                  f"in some order; got {start}")
+        start, pos = self.stream_start, 0
+        for run in stream_runs(self.layers):
+            nh, ch = len(run) - 1, run[0].n_out
+            part = start[pos:pos + nh + ch] if nh else []
+            if start and (len(part) != (nh + ch if nh else 0) or not all(0 <= g <= 24 for g in part[:nh])
+                          or sorted(part[nh:]) != (list(range(ch)) if nh else [])):
+                _fail("model", f"stream_start must be empty or, for each streamed run of two or more conv layers, "
+                      f"its {nh} shifts in [0, 24], then the channels 0 to {ch - 1} in some order; got {start}")
+            pos += len(part)
+        if start and pos != len(start):
+            _fail("model", f"stream_start has {len(start)} entries; its streamed runs take {pos}")
+
+
+def stream_runs(layers: list[PackedLayer]) -> list[list[PackedLayer]]:
+    """The conv layers that stream channel by channel (CONTRACT §6), as runs: pw layers, which mix the
+    channels, end one run and start the next and belong to none."""
+    runs: list[list[PackedLayer]] = [[]]
+    for lay in layers:
+        if lay.kind == "pwconv":
+            runs.append([])
+        elif lay.kind != "fc":
+            runs[-1].append(lay)
+    return [r for r in runs if r]
 
 
 def _fail(where: str, msg: str) -> None:
@@ -142,6 +157,11 @@ def _check_layer(lay: PackedLayer, in_shape: tuple[int, ...], last: bool) -> tup
             out = (n_out, out[1] // 2, out[2] // 2)
         if min(out[1:]) < 1:
             _fail(f"layer {name}", f"output map {out} is empty")
+    elif kind == "pwconv":
+        if len(in_shape) != 3 or groups != 1 or n_in != in_shape[0] or n_out < 1 or lay.pool:
+            _fail(f"layer {name}", f"pwconv input must be [C, H, W] with n_in = C, groups 1, n_out >= 1 and no "
+                  f"pool; got {in_shape}, n_in {n_in}, groups {groups}, n_out {n_out}, pool {lay.pool}")
+        out = (n_out, *in_shape[1:])
     else:
         _fail(f"layer {name}", f"kind must be one of {', '.join(LAYER_KINDS)}; got {kind!r}")
     if kind == "fc" and lay.pool:

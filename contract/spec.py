@@ -36,6 +36,7 @@ class ModelSpec:
     image_size: int = 16                  # data.image_size: N of the NxN input
     widths: tuple[int, ...] = (64, 64, 64)  # model.widths: hidden FC widths (fc 2..4, cnn 1..3)
     cnn_channels: int = 0                 # model.cnn_channels: C (cnn only)
+    mix: bool = False                     # model.mix: a 1x1 channel-mixing conv pw1 after dw1 (cnn only)
     formats: tuple[str, ...] = ("4bitsym",)  # quant.formats: one per weight layer, or one for all
     scaling: str = "per_tensor"           # quant.scaling
     clip: str = "octav"                   # quant.clip
@@ -61,7 +62,13 @@ class ModelSpec:
         return cls(**d)
 
     def n_layers(self) -> int:
-        return len(self.widths) + 1 + (3 if self.kind == "cnn" else 0)
+        return len(self.widths) + 1 + ((4 if self.mix else 3) if self.kind == "cnn" else 0)
+
+    def conv_names(self) -> tuple[str, ...]:
+        """The conv layers of a cnn, in order (none for an fc model)."""
+        if self.kind != "cnn":
+            return ()
+        return ("conv1", "dw1", "pw1", "dw2") if self.mix else ("conv1", "dw1", "dw2")
 
     def layer_formats(self) -> tuple[str, ...]:
         f = self.formats
@@ -78,6 +85,9 @@ class ModelSpec:
                 geo.append(dict(name=name, kind=kind, n_out=c, n_in=9, groups=1 if kind == "conv" else c,
                                 in_shape=(1 if kind == "conv" else c, n, n), out_shape=(c, out, out), pool=pool))
                 n = out
+                if name == "dw1" and self.mix:   # the depthwise layers mix no channels; pw1 does, 1x1
+                    geo.append(dict(name="pw1", kind="pwconv", n_out=c, n_in=c, groups=1,
+                                    in_shape=(c, n, n), out_shape=(c, n, n), pool=False))
             feats = c * n * n
         else:
             feats = self.image_size ** 2
@@ -105,6 +115,8 @@ class ModelSpec:
                 f"{lo} to {hi} widths >= 1 for model.kind {self.kind}")
         if self.kind == "cnn" and self.cnn_channels < 1:
             bad("model.cnn_channels", f"{self.cnn_channels} is out of range", "an integer >= 1 for a cnn")
+        if self.mix and self.kind != "cnn":
+            bad("model.mix", "true needs model.kind cnn", "false for model.kind fc")
         for key, v, ok in (("quant.scaling", self.scaling, SCALINGS), ("quant.clip", self.clip, CLIPS),
                            ("quant.norm", self.norm, NORMS)):
             if v not in ok:
@@ -122,11 +134,11 @@ class ModelSpec:
         if len(self.formats) not in (1, self.n_layers()):
             bad("quant.formats", f"{len(self.formats)} names for {self.n_layers()} weight layers",
                 f"1 name for all layers, or {self.n_layers()} in order"
-                + (" (conv1, dw1, dw2, then fc layers)" if self.kind == "cnn" else ""))
+                + (f" ({', '.join(self.conv_names())}, then fc layers)" if self.kind == "cnn" else ""))
         if p:
             return p
         geo = self.geometry()
-        if self.kind == "cnn" and geo[2]["out_shape"][1] < 1:
+        if self.kind == "cnn" and geo[len(self.conv_names()) - 1]["out_shape"][1] < 1:
             bad("data.image_size", f"{self.image_size} leaves no pixels after the conv stack "
                 "(each 3x3 conv -2, each pool /2)", "12 to 28 for model.kind cnn")
             return p
@@ -135,7 +147,7 @@ class ModelSpec:
             if f == "none":
                 continue
             if layer_bound(g["n_in"], f, k) > ACC_LIMIT:
-                key = ("model.widths" if g["name"] not in ("conv1", "dw1", "dw2", "fc1") else
+                key = ("model.widths" if g["name"] not in (*self.conv_names(), "fc1") else
                        "model.cnn_channels" if self.kind == "cnn" else "data.image_size")
                 cap = ACC_LIMIT // layer_bound(1, f, k)
                 bad(key, f"layer {g['name']} has {g['n_in']} inputs; {g['n_in']}*127*"
@@ -155,7 +167,7 @@ class ModelSpec:
 # Config keys of the model description, and the ModelSpec field each fills.
 SPEC_KEYS = {
     "model.kind": "kind", "data.image_size": "image_size", "model.widths": "widths",
-    "model.cnn_channels": "cnn_channels", "quant.formats": "formats", "quant.scaling": "scaling",
+    "model.cnn_channels": "cnn_channels", "model.mix": "mix", "quant.formats": "formats", "quant.scaling": "scaling",
     "quant.clip": "clip", "quant.prop_scale": "prop_scale", "quant.norm": "norm", "quant.norm_eps": "norm_eps",
     "model.input_zero": "input_zero", "prune.keep": "prune_keep", "prune.l1": "prune_l1",
     "prune.epoch": "prune_epoch",

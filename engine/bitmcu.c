@@ -1748,18 +1748,19 @@ static int32_t bm__map_fits(const bm_model *m, uint32_t words)
     return f >= a + 4u * (uintptr_t)words || a >= f + (uintptr_t)m->feat_bytes;
 }
 
-/* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input), then depthwise
-   C -> C layers, each on the map the previous one gives, and must fit m's buffers (engine/header.py
-   `layout`). Returns the C*H*W features of the last one, or 0 when they do not. */
-static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_t n)
+/* The streamed layers lay[0..n) must be conv1 (1 -> C channels on the N x N input; after a pw layer, `after`,
+   a depthwise layer on its C x H x W map instead), then depthwise C -> C layers, each on the map the previous
+   one gives, and must fit m's buffers (engine/header.py `layout`; `held`: a pw layer follows, and the run's
+   map waits in act after x0). Returns the C*H*W features of the last one, or 0 when they do not. */
+static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_t n, int32_t held, int32_t after)
 {
     uint32_t ch = lay->n_out, h = lay->in_h, w = lay->in_w, plane = 0u, j;
-    if (ch < 1u || bm__umul(h, w) != m->n_pixels || m->feat == NULL ||
+    if (ch < 1u || (!after && bm__umul(h, w) != m->n_pixels) || m->feat == NULL ||
         (n > 1u && (m->chan == NULL || m->chan_bytes < m->n_pixels)))
         return 0u;
     for (j = 0; j < n; j++, lay++) {
-        uint32_t in_c = j == 0u ? 1u : ch;
-        if (lay->op != (j == 0u ? BM_OP_CONV : BM_OP_DWCONV) || lay->in_c != in_c || lay->groups != in_c ||
+        uint32_t in_c = j == 0u && !after ? 1u : ch;
+        if (lay->op != (j == 0u && !after ? BM_OP_CONV : BM_OP_DWCONV) || lay->in_c != in_c || lay->groups != in_c ||
             lay->n_out != ch || lay->in_h != h || lay->in_w != w || h < 3u || w < 3u)
             return 0u;
         h -= 2u;
@@ -1768,13 +1769,15 @@ static uint32_t bm__cnn_features(const bm_model *m, const bm_layer *lay, uint32_
             h >>= 1;
             w >>= 1;
         }
-        if (j + 1u == n && !bm__map_fits(m, bm__umul(lay->pool ? h + h : h, lay->pool ? w + w : w)))
-            return 0u;                    /* the last layer's int32 map, before its pool */
+        if (j + 1u == n && !bm__map_fits(m, bm__umul(h, w)))
+            return 0u;                    /* the last layer's int32 map (computed pooled) */
         if (lay->out_h != h || lay->out_w != w || h < 1u || w < 1u)
             return 0u;
         plane = bm__umul(h, w);
     }
     plane = bm__umul(ch, plane);
+    if (held)                             /* its bytes wait where its output goes: after x0 */
+        return plane <= m->act_bytes - m->n_pixels && ch + (n << 1) <= m->feat_bytes ? plane : 0u;
     return plane <= m->act_bytes && plane + ch + (n << 1) <= m->feat_bytes ? plane : 0u;
 }
 
@@ -1808,11 +1811,14 @@ typedef struct bm__cnn {
     uint32_t n;                   /* conv layers */
     uint32_t nh;                  /* the layers with a guessed shift: all but the last */
     uint32_t ch;                  /* channels */
-    uint32_t nn;                  /* N: the row stride of every map in m->act and m->chan */
+    uint32_t nn;                  /* the first layer's input width: the row stride of every map of the run */
     uint32_t feats;               /* C*H*W values of the last layer */
     uint32_t stops;               /* passes of this run stopped early */
     int32_t probe;                /* 1 until the run's first channel has its conv1 shift, the first guess */
-    uint8_t *cache;               /* feats bytes y >> a of the last layer, channel-major */
+    const int8_t *src;            /* the first layer's input: x0, or after a pw layer its C maps */
+    uint32_t src_plane;           /* one channel's map in src (0 for x0: one map) */
+    int8_t *out;                  /* where the features go: m->act, or after x0 when held */
+    uint8_t *cache;               /* feats bytes y >> a of the last layer, channel-major (at out when held) */
     uint8_t *exps;                /* a for each channel */
     uint8_t *guess;               /* n shifts used */
     uint8_t *meas;                /* n shifts measured in the pass under way */
@@ -1820,10 +1826,12 @@ typedef struct bm__cnn {
     int8_t *trace;                /* the first layer's trace maps, or NULL */
 } bm__cnn;
 
-/* st for a run: m->feat's regions, and the guesses and channel order of m->start (guesses 0 where it is NULL or
-   out of range: ShiftNorm's s is at most 24, CONTRACT §4). */
+/* st for a run: m->feat's regions, and the guesses and channel order of start, the run's part of m->start
+   (guesses 0 where it is NULL or out of range: ShiftNorm's s is at most 24, CONTRACT §4). held: a pw layer
+   follows, so the features and their cached bytes go after x0 in m->act. src: after a pw layer, its map (else
+   NULL: x0). */
 static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats,
-                         int8_t *trace)
+                         int8_t *trace, const uint8_t *start, int32_t held, const int8_t *src)
 {
     uint32_t j;
     st->m = m;
@@ -1835,14 +1843,17 @@ static void bm__cnn_open(bm__cnn *st, const bm_model *m, const bm_layer *first, 
     st->feats = feats;
     st->stops = 0u;
     st->probe = 1;
-    st->cache = m->feat;
-    st->exps = st->cache + feats;
+    st->src = src != NULL ? src : m->act;
+    st->src_plane = src != NULL ? bm__umul(first->in_h, first->in_w) : 0u;
+    st->out = held ? m->act + m->n_pixels : m->act;
+    st->cache = held ? (uint8_t *)(void *)st->out : m->feat;
+    st->exps = held ? m->feat : st->cache + feats;
     st->guess = st->exps + st->ch;
     st->meas = st->guess + n;
-    st->order = m->start != NULL ? m->start + st->nh : NULL;
+    st->order = start != NULL && st->nh > 0u ? start + st->nh : NULL;
     st->trace = trace;
     for (j = 0; j < st->nh; j++) {
-        uint32_t g = m->start != NULL ? m->start[j] : 0u;
+        uint32_t g = start != NULL ? start[j] : 0u;
         st->guess[j] = (uint8_t)(g <= 24u ? g : 0u);
     }
 }
@@ -1908,7 +1919,7 @@ static void bm__cnn_trace_map(const bm__cnn *st, const bm_layer *lay, int8_t *tl
 static uint32_t bm__cnn_channel(bm__cnn *st, uint32_t c)
 {
     const bm_layer *lay = st->first;
-    const int8_t *x = st->m->act;
+    const int8_t *x = st->src + bm__umul(c, st->src_plane);
     int8_t *tl = st->trace;
     uint32_t j, s;
     for (j = 0; j < st->nh; j++, lay++) {
@@ -1971,7 +1982,7 @@ static void bm__cnn_close(bm__cnn *st)
     const bm_layer *last = st->first + st->nh;
     uint32_t plane = bm__umul(last->out_h, last->out_w), i;
     const uint8_t *v = st->cache;
-    int8_t *o = st->m->act;
+    int8_t *o = st->out;                  /* over the cached bytes themselves when held: each after its read */
     st->guess[st->nh] = st->meas[st->nh];
     for (i = 0; i < st->ch; i++, v += plane, o += plane) {
         int32_t d = (int32_t)st->meas[st->nh] - (int32_t)st->exps[i], half = (((int32_t)1) << d) >> 1;
@@ -1994,19 +2005,20 @@ static void bm__cnn_trace(const bm__cnn *st, int8_t **t_acts, int32_t **t_shifts
         return;
     for (j = 0; j < st->nh; j++, lay++)
         t += bm__umul(st->ch, bm__umul(lay->out_h, lay->out_w));
-    bm__copy_i8(st->m->act, st->feats, t);
+    bm__copy_i8(st->out, st->feats, t);
     *t_acts = t + st->feats;
     for (j = 0; j < st->n; j++)
         *(*t_shifts)++ = st->guess[j];
 }
 
-/* The conv layers first[0..n) of m, checked by bm__cnn_features (feats), on x0 in m->act: leaves their features
-   in m->act and advances the trace pointers (*t_acts NULL: no trace). */
-static void bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats, int8_t **t_acts,
-                        int32_t **t_shifts)
+/* The conv layers first[0..n) of m, checked by bm__cnn_features (feats), on x0 in m->act (or src, after a pw
+   layer), from start: leaves their features in m->act (after x0 when held) and advances the trace pointers
+   (*t_acts NULL: no trace). */
+static void bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, uint32_t feats, const uint8_t *start,
+                        int32_t held, const int8_t *src, int8_t **t_acts, int32_t **t_shifts)
 {
     bm__cnn st;
-    bm__cnn_open(&st, m, first, n, feats, *t_acts);
+    bm__cnn_open(&st, m, first, n, feats, *t_acts, start, held, src);
     while (!bm__cnn_settle(&st, bm__cnn_pass(&st)))
         ;
     bm__cnn_close(&st);
@@ -2014,18 +2026,73 @@ static void bm__run_cnn(const bm_model *m, const bm_layer *first, uint32_t n, ui
 }
 #endif /* BM_CFG_CNN */
 
-/* An fc layer of bm_run on m->act. With BM__TAB_IN_CHAN its column tables go to m->chan, the conv
-   layers' working map, dead once they are done (bm_run checks it holds them), instead of bm_fc's stack. */
-static bm_status bm__run_fc(const bm_model *m, const bm_layer *lay, int32_t relu, int32_t *out)
+/* An fc layer of bm_run on x (m->act, or a pw layer's gathered pixel). With BM__TAB_IN_CHAN its column tables
+   go to m->chan, the conv layers' working map, dead while no conv layer streams (bm_run checks it holds them),
+   instead of bm_fc's stack. */
+static bm_status bm__run_fc(const bm_model *m, const int8_t *x, const bm_layer *lay, int32_t relu, int32_t *out)
 {
 #if BM__HAS_COLS && BM__TAB_IN_CHAN
-    return bm__fc_in(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts,
+    return bm__fc_in(x, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts,
                      relu, out, (int16_t *)(void *)m->chan);
 #else
-    return bm_fc(m->act, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts, relu,
-                 out);
+    (void)m;
+    return bm_fc(x, lay->n_in, lay->words, lay->row_words, lay->format, lay->n_out, lay->out_shifts, relu, out);
 #endif
 }
+
+#if BM_CFG_CNN
+/* A pw layer (CONTRACT §6, "With pw1") on the first run's map of len bytes after x0 in m->act, in place: at each
+   pixel its C inputs are gathered into m->feat, the fc kernels give its C outputs in m->acc, kept as bytes
+   y >> a over the inputs (dead once gathered) with a per pixel after the gathered inputs in m->feat; once the
+   layer's maximum gives its shift s, the bytes are requantized with s - a. Advances the trace pointers. */
+static bm_status bm__run_pw(const bm_model *m, const bm_layer *lay, uint32_t len, int8_t **t_acts,
+                            int32_t **t_shifts)
+{
+    uint32_t ch = lay->in_c, plane = bm__umul(lay->in_h, lay->in_w), p, o;
+    int8_t *x = m->act + m->n_pixels, *vec = (int8_t *)(void *)m->feat;
+    uint8_t *v = (uint8_t *)(void *)x, *exps = m->feat + ch;
+    int32_t top = 0, s;
+    const bm_layer *prev = lay - 1;       /* the first run's last layer (bm_run: a pw layer is never first) */
+    if (prev->n_out != ch || prev->out_h != lay->in_h || prev->out_w != lay->in_w || lay->n_out != ch ||
+        lay->n_in != ch || lay->groups != 1u || lay->pool || lay->out_h != lay->in_h ||
+        lay->out_w != lay->in_w || bm__umul(ch, plane) != len || !bm__map_fits(m, ch) ||
+        ch + plane > m->feat_bytes)
+        return BM_ERR_ARG;                /* in place needs n_out = C; the outputs at a pixel fit before feat */
+    if (!bm__fmt_in(lay->format, BM_CFG_FC_FORMATS))
+        return BM_ERR_FORMAT;             /* the fc kernels run it */
+    for (p = 0; p < plane; p++) {
+        int32_t m_p, a;
+        bm_status st;
+        for (o = 0; o < ch; o++)
+            vec[o] = x[bm__umul(o, plane) + p];
+        st = bm__run_fc(m, vec, lay, 1, m->acc);
+        if (st != BM_OK)
+            return st;
+        m_p = bm__max0(m->acc, ch);
+        a = bm__shift_to(m_p, 8);
+        exps[p] = (uint8_t)a;
+        if (m_p > top)
+            top = m_p;
+        for (o = 0; o < ch; o++)
+            v[bm__umul(o, plane) + p] = (uint8_t)(m->acc[o] >> a);
+    }
+    s = bm__shift_to(top, 7);
+    for (p = 0; p < plane; p++) {
+        int32_t d = s - (int32_t)exps[p], half = (((int32_t)1) << d) >> 1;
+        for (o = 0; o < ch; o++) {
+            uint32_t q = bm__umul(o, plane) + p;
+            int32_t r = ((int32_t)v[q] + half) >> d;
+            x[q] = (int8_t)(r < 127 ? r : 127);
+        }
+    }
+    if (*t_acts != NULL) {
+        bm__copy_i8(x, len, *t_acts);
+        *t_acts += len;
+        *(*t_shifts)++ = s;
+    }
+    return BM_OK;
+}
+#endif
 
 bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int32_t *logits_out)
 {
@@ -2061,22 +2128,47 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
     lay = m->layers;
     if (lay->op != BM_OP_FC) {                /* a CNN: its conv layers stream channel by channel */
 #if BM_CFG_CNN
-        const bm_layer *end = lay;
-        uint32_t n = 0;
-        for (; end != last && end->op != BM_OP_FC; end++)
-            n++;
-        len = bm__cnn_features(m, lay, n);
-        if (len == 0u)
-            return BM_ERR_ARG;
-        for (end = lay; end != lay + n; end++) {
-            if (!bm__fmt_in(end->format, BM_CFG_CONV_FORMATS))
-                return BM_ERR_FORMAT;
-            st = bm__check_rows(end->format, 9, end->row_words, end->out_shifts, end->n_out);
-            if (st != BM_OK)
-                return st;
+        const uint8_t *start = m->start;
+        const int8_t *src = NULL;             /* after the pw layer: its map */
+        uint32_t runs = 0;
+        while (lay != last && lay->op != BM_OP_FC) {
+            const bm_layer *end = lay;
+            uint32_t n = 0;
+            int32_t held;
+            if (lay->op == BM_OP_PWCONV) {    /* one, between two runs */
+                if (runs != 1u || src != NULL)
+                    return BM_ERR_ARG;
+                st = bm__run_pw(m, lay, len, &t_acts, &t_shifts);
+                if (st != BM_OK)
+                    return st;
+                src = m->act + m->n_pixels;
+                lay++;
+                continue;
+            }
+            for (; end != last && end->op != BM_OP_FC && end->op != BM_OP_PWCONV; end++)
+                n++;
+            held = end != last && end->op == BM_OP_PWCONV;
+            if (runs != (src != NULL ? 1u : 0u) || (src != NULL && (lay->in_c != lay[-1].n_out ||
+                                                   lay->in_h != lay[-1].out_h || lay->in_w != lay[-1].out_w)))
+                return BM_ERR_ARG;                /* after the pw layer: a run on its map */
+            len = bm__cnn_features(m, lay, n, held, src != NULL);
+            if (len == 0u)
+                return BM_ERR_ARG;
+            for (end = lay; end != lay + n; end++) {
+                if (!bm__fmt_in(end->format, BM_CFG_CONV_FORMATS))
+                    return BM_ERR_FORMAT;
+                st = bm__check_rows(end->format, 9, end->row_words, end->out_shifts, end->n_out);
+                if (st != BM_OK)
+                    return st;
+            }
+            bm__run_cnn(m, lay, n, len, start, held, src, &t_acts, &t_shifts);
+            if (start != NULL && n > 1u)
+                start += (n - 1u) + lay->n_out;   /* the next run's part */
+            runs++;
+            lay = end;
         }
-        bm__run_cnn(m, lay, n, len, &t_acts, &t_shifts);
-        lay = end;
+        if (src != NULL && runs != 2u)
+            return BM_ERR_ARG;                /* a pw layer must have a run after it */
 #else
         return BM_ERR_ARG;                    /* built with BM_CFG_CNN 0 */
 #endif
@@ -2085,7 +2177,7 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
         int32_t s;
         if (lay->op != BM_OP_FC || lay->n_in != len || lay->n_out > m->acc_words || lay->n_out > m->act_bytes)
             return BM_ERR_ARG;
-        st = bm__run_fc(m, lay, 1, m->acc);
+        st = bm__run_fc(m, m->act, lay, 1, m->acc);
         if (st != BM_OK)
             return st;
         s = bm_shiftnorm(m->acc, lay->n_out, m->act);   /* the input is no longer needed */
@@ -2098,7 +2190,7 @@ bm_status bm_run(const bm_model *m, const uint8_t *pixels, bm_trace *trace, int3
     }
     if (last->n_in != len)
         return BM_ERR_ARG;
-    st = bm__run_fc(m, last, 0, logits_out);
+    st = bm__run_fc(m, m->act, last, 0, logits_out);
     if (st == BM_OK && trace != NULL && trace->logits != NULL) {
         int32_t o, *dst = trace->logits;
         for (o = 0; o < last->n_out; o++)

@@ -243,6 +243,7 @@ typedef enum bm_status {
 #define BM_OP_FC 0      /* fully connected: n_in inputs, n_out outputs */
 #define BM_OP_CONV 1    /* 3x3 valid conv, groups = 1 (conv1) or any divisor of in_c and n_out */
 #define BM_OP_DWCONV 2  /* the same kernel; depthwise is groups = in_c = n_out */
+#define BM_OP_PWCONV 3  /* 1x1 conv, in_c -> n_out = in_c channels, rows like fc rows (n_in = in_c), no pool */
 
 /* One weight layer. 32 bytes on a 32-bit target. Every layer but the last is followed by ReLU,
    << k, optional 2x2 max-pool and ShiftNorm; the last must be BM_OP_FC and gives the logits. */
@@ -255,7 +256,7 @@ typedef struct bm_layer {
     uint16_t in_c, in_h, in_w;   /* conv input map [in_c][in_h][in_w]; fc: n_in, 1, 1 */
     uint16_t out_h, out_w;       /* output map after the optional pool; fc: 1, 1 */
     uint16_t row_words;          /* words per packed row */
-    uint8_t op;                  /* BM_OP_FC, BM_OP_CONV or BM_OP_DWCONV */
+    uint8_t op;                  /* BM_OP_FC, BM_OP_CONV, BM_OP_DWCONV or BM_OP_PWCONV */
     uint8_t format;              /* BM_FMT_x */
     uint8_t pool;                /* 1: 2x2 max-pool after the conv, before ShiftNorm */
 } bm_layer;
@@ -272,7 +273,11 @@ typedef struct bm_layer {
    then the C channels in the order a pass takes them (a permutation), or is NULL (guesses 0, channels in
    order): it sets only how long a run takes. The generated
    header sizes the buffers (BM_ACC_WORDS, BM_ACT_BYTES, BM_CHAN_BYTES, BM_FEAT_BYTES; chan, feat and start
-   are NULL and 0 for fc models) and bm_run checks every layer against them. */
+   are NULL and 0 for fc models) and bm_run checks every layer against them. A pw layer (BM_OP_PWCONV, at
+   most one, between two conv layers) splits the conv layers into two streamed runs (CONTRACT §6, "With
+   pw1"): act then holds x0 and the first run's map after it, which the pw layer rewrites in place, a pixel at
+   a time with the fc kernels (its inputs gathered in feat, its outputs in acc), and the second run reads;
+   start has a part for each run of two or more layers. */
 typedef struct bm_model {
     const bm_layer *layers;
     int32_t *acc;

@@ -35,7 +35,7 @@ CC = os.environ.get("BM_CC", "gcc")
 CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fPIC"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 STATUS = {0: "BM_OK", -1: "BM_ERR_ARG", -2: "BM_ERR_FORMAT"}
-OP_KINDS = {0: "fc", 1: "conv", 2: "dwconv"}
+OP_KINDS = {0: "fc", 1: "conv", 2: "dwconv", 3: "pwconv"}
 
 GLUE_C = r"""/* bitmcu cffi glue (engine/build.py): the model of bm_model.h, a batch at a time. */
 #include "bitmcu.h"

@@ -14,9 +14,9 @@ import numpy as np
 
 from contract.formats import FORMAT_IDS
 from contract.layout import LAYER_BYTES, MODEL_BYTES, layout
-from contract.model import PackedLayer, PackedModel
+from contract.model import PackedLayer, PackedModel, stream_runs
 
-OPS = {"fc": "BM_OP_FC", "conv": "BM_OP_CONV", "dwconv": "BM_OP_DWCONV"}
+OPS = {"fc": "BM_OP_FC", "conv": "BM_OP_CONV", "dwconv": "BM_OP_DWCONV", "pwconv": "BM_OP_PWCONV"}
 _U16 = 0xFFFF
 
 
@@ -31,8 +31,8 @@ def _fail(msg: str) -> None:
 def format_masks(model: PackedModel) -> dict[str, str]:
     """The BM_FMT_BIT masks of the model's formats, as C expressions: all layers', the fc layers' and the
     conv layers' (the header's BM_MODEL_*FORMATS; a build passes them as BM_CFG_*FORMATS so that only
-    those kernels are compiled)."""
-    return {"all": _mask(model.layers, ("fc", "conv", "dwconv")), "fc": _mask(model.layers, ("fc",)),
+    those kernels are compiled). A pw layer runs on the fc kernels."""
+    return {"all": _mask(model.layers, tuple(OPS)), "fc": _mask(model.layers, ("fc", "pwconv")),
             "conv": _mask(model.layers, ("conv", "dwconv"))}
 
 
@@ -124,7 +124,7 @@ def render_header(model: PackedModel) -> str:
                 f'#error "bitmcu model: format {f} (layers {users}) is not compiled in; '
                 f'add BM_FMT_BIT({_fmt_macro(f)}) to BM_CFG_FORMATS"',
                 "#endif"]
-        for kinds, cfg in ((("fc",), "BM_CFG_FC_FORMATS"), (("conv", "dwconv"), "BM_CFG_CONV_FORMATS")):
+        for kinds, cfg in ((("fc", "pwconv"), "BM_CFG_FC_FORMATS"), (("conv", "dwconv"), "BM_CFG_CONV_FORMATS")):
             users = ", ".join(lay.name for lay in layers if lay.format == f and lay.kind in kinds)
             if users:
                 out += [f"#if !(({cfg}) & BM_FMT_BIT({_fmt_macro(f)}))",
@@ -141,7 +141,8 @@ def render_header(model: PackedModel) -> str:
         _define("BM_LAYER_NAMES", f"{{{names}}}"),
         _define("BM_N_SHIFTS", sizes["n_shifts"], "requantized layers"),
         _define("BM_ACC_WORDS", sizes["acc_words"], "int32: largest fc output, or last conv map then feat"),
-        _define("BM_MAP_WORDS", sizes["map_words"], "int32: CNN: the last conv layer's map on one channel"),
+        _define("BM_MAP_WORDS", sizes["map_words"],
+                "int32: CNN: a run's last conv layer's map on one channel, or a pw layer's outputs at one pixel"),
         _define("BM_ACT_BYTES", sizes["act_bytes"], "int8: largest whole activation, input included"),
         _define("BM_CHAN_BYTES", sizes["chan_bytes"], "int8: one channel's N x N working conv map"),
         _define("BM_FEAT_BYTES", sizes["feat_bytes"], "CNN: 8-bit last conv layer, exponents, 2 B/conv (in acc)"),
@@ -169,8 +170,8 @@ def render_header(model: PackedModel) -> str:
         out += [f"    {{bm_w_{lay.name}, {k}, {int(lay.n_in)}, {int(lay.n_out)}, {int(lay.groups)}, "
                 f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay.row_words)}, "
                 f"{OPS[lay.kind]}, {_fmt_macro(lay.format)}, {1 if lay.pool else 0}}},"]
-    nh = sum(lay.kind != "fc" for lay in layers) - 1
-    start = list(model.stream_start) or ([0] * nh + list(range(int(layers[0].n_out))) if nh > 0 else [])
+    start = list(model.stream_start) or [g for run in stream_runs(layers) if len(run) > 1
+                                         for g in [0] * (len(run) - 1) + list(range(int(run[0].n_out)))]
     out += ["};"]
     if start:
         out += ["", "/* the shift guesses each run starts from, then the channels in pass order (CONTRACT.md, "

@@ -36,7 +36,8 @@ def describe(cfg: dict[str, Any]) -> str:
     """A short name of a setting from its train and export keys: kind, size, widths, formats, input, epochs."""
     fmts = cfg["quant.formats"]
     fmts = fmts[0] if len(set(fmts)) == 1 else "/".join(fmts)
-    kind = f"CNN {cfg['model.cnn_channels']} ch" if cfg["model.kind"] == "cnn" else "FC"
+    kind = (f"CNN {cfg['model.cnn_channels']} ch{' + pw1' if cfg.get('model.mix') else ''}"   # older runs lack it
+            if cfg["model.kind"] == "cnn" else "FC")
     n = cfg["data.image_size"]
     return f"{kind} {'/'.join(map(str, cfg['model.widths']))} {fmts}, {n}x{n}, {cfg['train.epochs']} ep"
 

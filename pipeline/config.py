@@ -77,11 +77,13 @@ _KEYS: list[Key] = [
     Key("model.widths", "ints", [64, 64, 64], "hidden FC widths (fc: 2 to 4 layers; cnn: 1 to 3 after the convs)",
         lo=1, hi=4096, max_len=4),
     Key("model.cnn_channels", "int", 64, "channels C of the CNN's conv stack (cnn only)", lo=1, hi=256),
+    Key("model.mix", "bool", False, "cnn only: a 1x1 conv pw1 after dw1's pool that mixes the channels, which "
+        "the depthwise convs never do (C*C weights, and dw1's maps held whole)"),
     Key("model.input_zero", "int", 16, "Z in the input mapping x0 = (pixel >> 1) - Z (engine/CONTRACT.md)",
         lo=INPUT_ZEROS[0], hi=INPUT_ZEROS[1]),
     # quantization
     Key("quant.formats", "strs", ["4bitsym"],
-        "weight format: one for every layer, or a list with one per weight layer (cnn: 3 convs first)",
+        "weight format: one for every layer, or a list with one per weight layer (cnn: its 3 convs, 4 with model.mix, first)",
         choices=FORMAT_NAMES, max_len=8),
     Key("quant.scaling", "str", "per_tensor", "one clip per layer, or one per output row (power-of-two steps)",
         choices=SCALINGS),

@@ -30,7 +30,8 @@ class QLayer(nn.Module):
     def __init__(self, g: dict[str, Any], fmt: str, per_output: bool) -> None:
         super().__init__()
         self.g, self.fmt, self.per_output = g, fmt, per_output
-        shape = (g["n_out"], g["n_in"]) if g["kind"] == "fc" else (g["n_out"], g["n_in"] // 9, 3, 3)
+        shape = {"fc": (g["n_out"], g["n_in"]), "pwconv": (g["n_out"], g["n_in"], 1, 1)}.get(
+            g["kind"], (g["n_out"], g["n_in"] // 9, 3, 3))
         self.weight = nn.Parameter(torch.empty(shape))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))   # torch's default Linear/Conv2d init
         self.register_buffer("clip", torch.ones(g["n_out"]) if per_output else torch.ones(()))
@@ -72,11 +73,11 @@ class QModel(nn.Module):
         geo = spec.geometry()
         self.layers = nn.ModuleList(QLayer(g, f, spec.scaling == "per_output")
                                     for g, f in zip(geo, spec.layer_formats()))
-        n_conv = 3 if spec.kind == "cnn" else 0
+        n_conv = len(spec.conv_names())
         # pruning: rows zeroed when frozen (the convs, or fc1) and the layer whose input columns are gated
         self._rows = list(range(n_conv)) if spec.kind == "cnn" else [0]
         self._gate = n_conv if spec.kind == "cnn" else 1
-        self._col_rep = geo[2]["out_shape"][1] ** 2 if spec.kind == "cnn" else 1
+        self._col_rep = geo[n_conv - 1]["out_shape"][1] ** 2 if spec.kind == "cnn" else 1
         if spec.prune_keep:
             self.mask = nn.Parameter(torch.ones(geo[0]["n_out"]))
         self.register_buffer("keep", torch.ones(geo[0]["n_out"], dtype=torch.bool))
@@ -252,9 +253,11 @@ class QModel(nn.Module):
                 c, kk = c[keep], kk[keep]
             if pruned and i == self._gate:
                 c = c[:, np.repeat(keep, self._col_rep)]
+            if pruned and g["kind"] == "pwconv":            # its inputs are the kept channels only
+                c = c[:, keep]
             if pruned and self.spec.kind == "cnn" and g["kind"] != "fc":
                 n_keep = int(keep.sum())
-                g.update(n_out=n_keep, groups=1 if g["kind"] == "conv" else n_keep,
+                g.update(n_out=n_keep, groups=n_keep if g["kind"] == "dwconv" else 1,
                          in_shape=(g["in_shape"][0] if g["kind"] == "conv" else n_keep, *g["in_shape"][1:]),
                          out_shape=(n_keep, *g["out_shape"][1:]))
             g.update(n_out=c.shape[0], n_in=int(np.prod(c.shape[1:])))

@@ -133,6 +133,25 @@ def conv3x3(x, words, row_words, fmt_id, n_out, groups, out_shifts, relu, out):
                     out[b, c, h, v] = out_shift(acc, k, relu)
 
 
+@njit("void(int8[:, :, :, ::1], uint32[::1], int64, int64, int64, uint8[::1], boolean, int64[:, :, :, ::1])",
+      cache=True)
+def pointwise(x, words, row_words, fmt_id, n_out, out_shifts, relu, out):
+    """1x1 conv (CONTRACT §6, pw1) of x [B, C, H, W] into out [B, n_out, H, W]: row o holds w[o, 0..C)."""
+    cin = x.shape[1]
+    w = np.empty((n_out, cin), dtype=np.int64)
+    for o in range(n_out):
+        decode_row(words, o * row_words, cin, fmt_id, w[o])
+    for b in range(x.shape[0]):
+        for o in range(n_out):
+            k = np.int64(out_shifts[o])
+            for h in range(x.shape[2]):
+                for v in range(x.shape[3]):
+                    acc = np.int64(0)
+                    for c in range(cin):
+                        acc += np.int64(x[b, c, h, v]) * w[o, c]
+                    out[b, o, h, v] = out_shift(acc, k, relu)
+
+
 @njit("void(int64[:, :, :, ::1], int64[:, :, :, ::1])", cache=True)
 def maxpool2(y, out):
     """2x2 max-pool, stride 2, odd last row/column dropped: out [B, C, H//2, W//2]."""

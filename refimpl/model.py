@@ -29,7 +29,7 @@ def _plan(model: PackedModel, b: int) -> tuple[list, list, list]:
         if lay.kind == "fc":
             scratch.append((np.empty((c, *out), dtype=np.int64), None))
         else:
-            h, w = (int(v) - 2 for v in lay.in_shape[1:])
+            h, w = (int(v) - (lay.kind != "pwconv") * 2 for v in lay.in_shape[1:])
             conv = np.empty((c, out[0], h, w), dtype=np.int64)
             scratch.append((conv, np.empty((c, *out), dtype=np.int64) if lay.pool else None))
     return acts, shifts, scratch
@@ -49,6 +49,8 @@ def _run_chunk(model: PackedModel, pixels: np.ndarray, lo: int, acts: list, shif
         y = acts[i + 1][1][lo:hi] if not relu else conv[:b]      # logits go straight to their output
         if lay.kind == "fc":
             K.fc(x.reshape(b, int(np.prod(x.shape[1:]))), lay.words, rw, fmt_id, n_out, k, relu, y)
+        elif lay.kind == "pwconv":
+            K.pointwise(x, lay.words, rw, fmt_id, n_out, k, relu, y)
         else:
             K.conv3x3(x, lay.words, rw, fmt_id, n_out, lay.groups, k, relu, y)
             if lay.pool:

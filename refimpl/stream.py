@@ -19,7 +19,7 @@ import numpy as np
 
 from contract.layout import layout
 from contract.formats import FORMAT_IDS
-from contract.model import PackedLayer, PackedModel
+from contract.model import PackedLayer, PackedModel, stream_runs
 from refimpl import kernels as K
 
 
@@ -29,7 +29,7 @@ def shift_to(m: int, bits: int) -> int:
 
 
 def cnn_features(model: PackedModel, convs: list[PackedLayer]) -> int:
-    """bm__cnn_features, for a model that PackedModel.check accepts: C*H*W of the last conv layer."""
+    """bm__cnn_features, for a model that PackedModel.check accepts: C*H*W of the run's last layer."""
     return int(np.prod(convs[-1].out_shape))
 
 
@@ -50,7 +50,9 @@ class Cnn:
     acc: np.ndarray                  # int64 [acc_words]: the last layer's channel map
     feat: np.ndarray                 # uint8 [feat_bytes]
     trace: np.ndarray | None         # int8: the conv layers' part of the trace, or None
-    start: list[int] = field(default_factory=list)   # the model's stream_start (empty: all 0)
+    start: list[int] = field(default_factory=list)   # the run's part of stream_start (empty: all 0)
+    held: bool = False               # a pw layer follows: the run's output stays in act after x0 (CONTRACT §6)
+    src: np.ndarray | None = None    # int8 [C, H, W]: the map a run after a pw layer reads (None: x0)
     n: int = 0                       # conv layers
     nh: int = 0                      # the layers with a guessed shift: all but the last
     ch: int = 0                      # channels
@@ -69,15 +71,26 @@ class Cnn:
 def cnn_open(st: Cnn, feats: int) -> None:
     """bm__cnn_open: lay out feat and take the guesses (0 when out of range) and channel order of start."""
     st.n, st.ch, st.nn, st.feats = len(st.layers), int(st.layers[0].n_out), int(st.layers[0].in_shape[2]), feats
+    st.nn = int(st.layers[0].in_shape[2])
     st.nh, st.stops, st.probe = st.n - 1, 0, True
     off = 0
-    for name, size in (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n)):
+    regions = (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n))
+    if st.held:                                          # cached where the output goes, after x0
+        lo = _held(st)
+        st.cache = st.act[lo:lo + feats].view(np.uint8)
+        regions = regions[1:]
+    for name, size in regions:
         setattr(st, name, st.feat[off:off + size])        # views: the steps write feat itself
         off += size
-    st.order = list(st.start[st.nh:]) if st.start else list(range(st.ch))
+    st.order = list(st.start[st.nh:]) if st.start and st.nh else list(range(st.ch))
     for j in range(st.nh):
         g = st.start[j] if st.start else 0
         st.guess[j] = g if g <= 24 else 0
+
+
+def _held(st: Cnn) -> int:
+    """Where a held run's output starts in act: after the N x N input x0 (only the first run is held)."""
+    return int(st.layers[0].in_shape[1] * st.layers[0].in_shape[2])
 
 
 def cnn_weights(lay: PackedLayer, c: int) -> np.ndarray:
@@ -141,7 +154,7 @@ def cnn_trace_map(st: Cnn, lay: PackedLayer, tl: int, c: int) -> None:
 def cnn_channel(st: Cnn, c: int) -> int:
     """bm__cnn_channel: channel c through every conv layer. Returns the layer whose
     guess it proves wrong (too low, or the run's first probe differs), where the pass stops, or n."""
-    x = st.act[:st.nn * st.nn].reshape(st.nn, st.nn)
+    x = st.act[:st.nn * st.nn].reshape(st.nn, st.nn) if st.src is None else st.src[c]
     tl = 0
     for j, lay in enumerate(st.layers[:st.nh]):
         s = cnn_hidden(st, lay, x, c, int(st.guess[j]))
@@ -191,16 +204,23 @@ def cnn_close(st: Cnn) -> None:
     s = int(st.meas[st.nh])
     st.guess[st.nh] = s
     plane = st.feats // st.ch
+    out = cnn_out(st)
     for c in range(st.ch):
         d = s - int(st.exps[c])
         v = st.cache[c * plane:(c + 1) * plane].astype(np.int64)
-        st.act[c * plane:(c + 1) * plane] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+        out[c * plane:(c + 1) * plane] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+
+
+def cnn_out(st: Cnn) -> np.ndarray:
+    """The run's features in act: after x0 for a held run, else from act's start (its input is dead)."""
+    lo = _held(st) if st.held else 0
+    return st.act[lo:lo + st.feats]
 
 
 def cnn_trace(st: Cnn) -> list[int]:
     """bm__cnn_trace: the features after the hidden maps in the trace; returns the n shifts for it."""
     if st.trace is not None:
-        st.trace[st.trace.size - st.feats:] = st.act[:st.feats]
+        st.trace[st.trace.size - st.feats:] = cnn_out(st)
     return [int(g) for g in st.guess]
 
 
@@ -219,10 +239,59 @@ def new_feat(model: PackedModel) -> np.ndarray:
     return np.zeros(layout(model)["feat_bytes"], dtype=np.uint8)
 
 
+def run_pw(lay: PackedLayer, x: np.ndarray, acc: np.ndarray, feat: np.ndarray) -> int:
+    """bm__run_pw: the pw layer on the held map x (int8 [C, H, W], a view of act), in place, a pixel at a time:
+    the pixel's C inputs gathered into feat[:C], its outputs (the fc kernel) in acc, kept as bytes y >> a over its
+    inputs with a per pixel (feat[C:C + H*W]), then requantized with the layer's shift, which it returns."""
+    c, h, w = (int(v) for v in x.shape)
+    plane, n_out = h * w, int(lay.n_out)
+    flat = x.reshape(c, plane)
+    vec, exps = feat[:c].view(np.int8), feat[c:c + plane]
+    top = 0
+    k = np.asarray(lay.out_shifts).astype(np.uint8)
+    for p in range(plane):
+        vec[:] = flat[:, p]
+        y = np.empty((1, n_out), dtype=np.int64)
+        K.fc(np.ascontiguousarray(vec.reshape(1, c)), lay.words, int(lay.row_words), FORMAT_IDS[lay.format],
+             n_out, k, True, y)
+        acc[:n_out] = y[0]
+        m = int(y.max(initial=0))
+        a = shift_to(m, 8)
+        exps[p] = a
+        top = max(top, m)
+        flat.view(np.uint8)[:, p] = y[0] >> a
+    s = shift_to(top, 7)
+    for p in range(plane):
+        d = s - int(exps[p])
+        v = flat.view(np.uint8)[:, p].astype(np.int64)
+        flat[:, p] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+    return s
+
+
+def _conv_steps(convs: list[PackedLayer]) -> list[tuple[str, list[PackedLayer]]]:
+    """The conv layers as bm_run takes them: ("run", streamed layers) and ("pw", [layer]) in order. Raises
+    ValueError for what the C engine refuses: a first layer that is not conv1, or more than one pw layer,
+    or a pw layer without a run after it."""
+    steps: list[tuple[str, list[PackedLayer]]] = []
+    for lay in convs:
+        if lay.kind == "pwconv":
+            steps.append(("pw", [lay]))
+        elif steps and steps[-1][0] == "run":
+            steps[-1][1].append(lay)
+        else:
+            steps.append(("run", [lay]))
+    kinds = [k for k, _ in steps]
+    if kinds not in (["run"], ["run", "pw", "run"]) or convs[0].kind != "conv":
+        raise ValueError(f"refimpl.stream: conv layers {[lay.name for lay in convs]}: the engine streams conv1 and "
+                         "depthwise layers, with at most one pw layer between two of them")
+    return steps
+
+
 def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, Any]:
     """bm_run on one image [N, N] of a packed CNN (contract.model.from_export), with the driver's state feat
     (updated in place, as the device's). Returns logits, the trace acts as bm_trace lays them out (x0, then
-    every requantized layer, flat), the shifts and the passes the conv layers took."""
+    every requantized layer, flat), the shifts and the passes the conv layers took (of the run that took the
+    most, with a pw layer)."""
     sizes = layout(model)
     n = int(model.image_size)
     convs = [lay for lay in model.layers if lay.kind != "fc"]
@@ -231,13 +300,29 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
     x0 = np.empty((1, n * n), dtype=np.int8)
     K.input(np.ascontiguousarray(pixels.reshape(1, n * n)), int(model.input_zero), x0)
     act[:n * n] = x0[0]
+    chan = np.zeros((n, n), dtype=np.int8)
+    acc = np.zeros(sizes["acc_words"], dtype=np.int64)
+    acts, shifts, passes, pos, src = [x0[0]], [], 0, 0, None
+    steps = _conv_steps(convs)
+    for i, (kind, lays) in enumerate(steps):
+        if kind == "pw":
+            held = act[n * n:n * n + int(np.prod(lays[0].in_shape))].reshape(lays[0].in_shape)
+            shifts.append(run_pw(lays[0], held, acc, feat))
+            acts.append(held.reshape(-1).copy())
+            src = held
+            continue
+        nh, ch = len(lays) - 1, int(lays[0].n_out)
+        start = list(model.stream_start[pos:pos + nh + ch]) if nh and model.stream_start else []
+        pos += len(start)
+        feats = cnn_features(model, lays)
+        hidden = sum(int(np.prod(lay.out_shape)) for lay in lays[:-1])
+        st = Cnn(layers=lays, act=act, chan=chan, acc=acc, feat=feat, trace=np.zeros(hidden + feats, dtype=np.int8),
+                 start=start, held=i + 1 < len(steps), src=src)
+        run_shifts, run_passes = run_cnn(st, feats)
+        acts.append(st.trace)
+        shifts += run_shifts
+        passes = max(passes, run_passes)
     feats = cnn_features(model, convs)
-    hidden = sum(int(np.prod(lay.out_shape)) for lay in convs[:-1])
-    st = Cnn(layers=convs, act=act, chan=np.zeros((n, n), dtype=np.int8),
-             acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=feat,
-             trace=np.zeros(hidden + feats, dtype=np.int8), start=list(model.stream_start))
-    shifts, passes = run_cnn(st, feats)
-    acts = [x0[0], st.trace]
     x = act[:feats].reshape(1, feats)
     for lay in fcs:
         relu = bool(lay.requant)
@@ -263,12 +348,17 @@ def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 500) -> lis
     that tuple lowered by one in any subset of its layers (a guess too high costs a whole pass, one too low a
     stop), the one whose slowest 1% of runs over the first `tries` images compute the fewest conv values on
     average (then the fewest over all: the limit is on the slowest run, and one outlier should not decide),
-    each with its own channel order (`_order`, which needs many images to meet the rare slow ones). Empty for
-    a model with fewer than two conv layers."""
-    convs = [lay for lay in model.layers if lay.kind != "fc"]
+    each with its own channel order (`_order`, which needs many images to meet the rare slow ones). This is
+    the first streamed run's part; a later run (after a pw layer, CONTRACT §6) of two or more layers gets
+    guesses 0 and the channels in order. Empty when no run has two conv layers."""
+    runs = stream_runs(model.layers)
+    later = [g for run in runs[1:] if len(run) > 1 for g in [0] * (len(run) - 1) + list(range(int(run[0].n_out)))]
+    convs = runs[0] if runs else []
     nh = len(convs) - 1
-    if nh < 1 or len(pixels) == 0:
+    if len(pixels) == 0 or (nh < 1 and not later):
         return []
+    if nh < 1:
+        return later
     shifts, own = _shifts_and_own(convs, model, pixels)
     reach = (own == shifts[:, :, None]).mean(axis=0)     # [nh, C]: how often a channel holds its layer's shift
     probe = int(np.argmax(reach[0]))
@@ -278,11 +368,11 @@ def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 500) -> lis
     for low in range(1 << nh):
         guess = [max(int(g) - (low >> j & 1), 0) for j, g in enumerate(mode)]
         start = guess + _order(own, shifts, guess, probe, reach.sum(axis=0))
-        work = np.sort([_work(model, convs, start, px) for px in pixels[:tries]])
+        work = np.sort([_work(model, convs, start, px, len(runs) > 1) for px in pixels[:tries]])
         cost = (work[-max(1, len(work) // 100):].mean(), work.sum())
         if best_cost is None or cost < best_cost:
             best, best_cost = start, cost
-    return best
+    return best + later
 
 
 def _shifts_and_own(convs: list[PackedLayer], model: PackedModel, pixels: np.ndarray,
@@ -325,15 +415,17 @@ def _order(own: np.ndarray, shifts: np.ndarray, guess: list[int], probe: int, re
     return order
 
 
-def _work(model: PackedModel, convs: list[PackedLayer], start: list[int], pixels: np.ndarray) -> int:
-    """Conv values one run of image pixels [N, N] computes from start (passes stopped early included)."""
+def _work(model: PackedModel, convs: list[PackedLayer], start: list[int], pixels: np.ndarray, held: bool) -> int:
+    """Conv values the first streamed run (convs, `held` when a pw layer follows) of image pixels [N, N]
+    computes from start (passes stopped early included)."""
     sizes, n = layout(model), int(model.image_size)
     act = np.zeros(sizes["act_bytes"], dtype=np.int8)
     x0 = np.empty((1, n * n), dtype=np.int8)
     K.input(np.ascontiguousarray(pixels.reshape(1, n * n)), int(model.input_zero), x0)
     act[:n * n] = x0[0]
     st = Cnn(layers=convs, act=act, chan=np.zeros((n, n), dtype=np.int8),
-             acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=new_feat(model), trace=None, start=start)
+             acc=np.zeros(sizes["acc_words"], dtype=np.int64), feat=new_feat(model), trace=None, start=start,
+             held=held)
     run_cnn(st, cnn_features(model, convs))
     return st.work
 

@@ -109,6 +109,10 @@ MODEL_SPECS = [
               formats=("ternary", "fp130", "nf4", "4bit", "binary", "4bitsym"), scaling="per_output",
               input_zero=127),
     ModelSpec(kind="cnn", image_size=12, cnn_channels=5, widths=(6,), formats=("4bitsym",)),
+    ModelSpec(kind="cnn", image_size=16, cnn_channels=6, mix=True, widths=(10,),
+              formats=("fp130", "fp130", "fp130", "fp130", "2bitsym", "4bitsym"), scaling="per_output"),
+    ModelSpec(kind="cnn", image_size=13, cnn_channels=5, mix=True, widths=(8,),
+              formats=("8bit", "4bitsym", "8bit", "ternary", "4bit", "binary"), scaling="per_output", input_zero=0),
 ]
 
 

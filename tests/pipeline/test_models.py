@@ -40,6 +40,13 @@ def oracle(model: dict, image: np.ndarray) -> tuple[list[int], list[np.ndarray],
             x, s = _requant(y)
             acts.append(x)
             shifts.append(s)
+        elif lay["kind"] == "pwconv":
+            acc = np.array([[[sum(int(x[c, i, j]) * int(w[o, c, 0, 0]) for c in range(x.shape[0]))
+                              for j in range(x.shape[2])] for i in range(x.shape[1])] for o in range(w.shape[0])],
+                           dtype=np.int64)
+            x, s = _requant(np.maximum(acc, 0) << k.reshape(-1, 1, 1))
+            acts.append(x)
+            shifts.append(s)
         else:
             v = x.reshape(-1)
             acc = np.array([sum(int(a) * int(b) for a, b in zip(v, row)) for row in w], dtype=np.int64)
@@ -72,6 +79,8 @@ SPECS = {
                        formats=("8bit", "8bit", "fp130", "2bitsym", "4bitsym"), scaling="per_output"),
     "cnn13": ModelSpec(kind="cnn", image_size=13, cnn_channels=6, widths=(8, 6),
                        formats=("4bit", "nf4", "8bit", "ternary", "4bitsym", "binary")),
+    "cnn_mix": ModelSpec(kind="cnn", image_size=14, cnn_channels=4, mix=True, widths=(8,),
+                         formats=("fp130", "8bit", "4bitsym", "fp130", "2bitsym", "4bitsym"), scaling="per_output"),
 }
 
 
@@ -175,6 +184,7 @@ def test_validate_messages_name_keys():
         "model.kind": ModelSpec(kind="rnn"),
         "data.image_size": ModelSpec(kind="cnn", image_size=10, cnn_channels=4, widths=(8,)),
         "model.cnn_channels": ModelSpec(kind="cnn", widths=(8,)),
+        "model.mix": ModelSpec(mix=True),
         "model.widths": ModelSpec(widths=(8,)),
         "quant.scaling": ModelSpec(scaling="per_row"),
         "quant.clip": ModelSpec(clip="max"),
@@ -191,6 +201,8 @@ def test_validate_messages_name_keys():
         assert problems and problems[0].startswith(key + ":") and "(allowed:" in problems[0], (key, problems)
     assert ModelSpec(formats=("8bit", "4bitsym")).validate()[0].startswith("quant.formats: 2 names for 4")
     assert ModelSpec(kind="cnn", image_size=12, cnn_channels=4, widths=(8,)).validate() == []
+    assert "(conv1, dw1, pw1, dw2, then fc layers)" in ModelSpec(kind="cnn", cnn_channels=4, mix=True, widths=(8,),
+                                                                 formats=("8bit",) * 3).validate()[0]
     with pytest.raises(ValueError, match="quant.formats"):
         build_model(ModelSpec(formats=("bogus",)))
 
@@ -222,8 +234,12 @@ def test_export_layers(name):
     assert set(model.code_entropy()) == set(model.layer_names())
     assert set(model.update_clipping()) == set(model.layer_names())
     if spec.kind == "cnn":
-        c, h, w = layers[2]["out_shape"]
-        assert layers[3]["flatten_from"] == (c, h, w) and layers[3]["n_in"] == c * h * w
+        n = len(spec.conv_names())
+        c, h, w = layers[n - 1]["out_shape"]
+        assert layers[n]["flatten_from"] == (c, h, w) and layers[n]["n_in"] == c * h * w
+    if spec.mix:
+        assert [(l["name"], l["kind"], l["n_in"]) for l in layers[1:3]] == [("dw1", "dwconv", 9), ("pw1", "pwconv", 4)]
+        assert layers[2]["codes"].shape == (4, 4, 1, 1) and layers[2]["out_shape"] == layers[1]["out_shape"]
 
 
 def test_same_seed_same_model():
@@ -235,7 +251,7 @@ def test_same_seed_same_model():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name,keep", [("cnn16", 2), ("fc_mixed_per_output", 5), ("fc_4bitsym", 7)])
+@pytest.mark.parametrize("name,keep", [("cnn16", 2), ("cnn_mix", 3), ("fc_mixed_per_output", 5), ("fc_4bitsym", 7)])
 def test_pruning_folds_exactly(name, keep):
     spec = replace(SPECS[name], prune_keep=keep)
     torch.manual_seed(0)
@@ -259,7 +275,11 @@ def test_pruning_folds_exactly(name, keep):
     for b in range(5):
         assert oracle(exported, x[b, 0].numpy())[0] == res.logits[b].tolist()
     if spec.kind == "cnn":
-        assert exported["layers"][1]["groups"] == keep and exported["layers"][3]["flatten_from"][0] == keep
-        assert exported["layers"][3]["codes"].shape[1] == keep * 4
+        n = len(spec.conv_names())
+        fc1 = exported["layers"][n]
+        assert exported["layers"][1]["groups"] == keep and fc1["flatten_from"][0] == keep
+        assert fc1["codes"].shape[1] == keep * int(np.prod(fc1["flatten_from"][1:]))
+        if spec.mix:                                  # pw1: kept rows and kept input columns
+            assert exported["layers"][2]["codes"].shape[:2] == (keep, keep) and exported["layers"][2]["n_in"] == keep
     else:
         assert exported["layers"][1]["codes"].shape[1] == keep

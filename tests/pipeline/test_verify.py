@@ -99,3 +99,27 @@ def test_cnn_export_carries_the_streaming_start(tiny_pipeline):
     packed.stream_start = []
     assert stream.start_state(packed, mnist_train(entry(plan, "data"))[0][:export.START_IMAGES]) == start
     assert f"bm_start[5] = {{{', '.join(map(str, start))}}};" in export_stage.header(entry(plan, "export"))
+
+
+@pytest.mark.riscv
+def test_a_cnn_with_a_mixing_conv_runs_on_the_chip(tiny_pipeline):
+    """model.mix through every stage to the CH32V002's emulated firmware: the three host engines agree on every
+    layer, the export streams its first run from a start state, and the firmware's predictions and logits
+    equal the C engine's (the emulate stage fails otherwise)."""
+    from pipeline import config
+    from tests.conftest import TINY
+    cfg = config.load(TINY).replace(**{
+        "data.image_size": 16, "model.kind": "cnn", "model.cnn_channels": 4, "model.mix": True, "model.widths": [8],
+        "quant.formats": ["fp130", "fp130", "4bitsym", "fp130", "4bitsym", "4bitsym"], "quant.scaling": "per_output",
+        "mcu.target": "ch32v002"})
+    tiny_pipeline("verify", cfg)
+    plan = tiny_pipeline("emulate", cfg)
+    verify_summary = json.loads((entry(plan, "verify") / "summary.json").read_text())
+    assert verify_summary["mismatches"] == {"torch_vs_numba": 0, "torch_vs_c": 0}
+    assert verify_summary["layers_compared"][:5] == ["input", "conv1", "dw1", "pw1", "dw2"]
+    packed = export_stage.model(entry(plan, "export"))
+    assert [lay.kind for lay in packed.layers[:4]] == ["conv", "dwconv", "pwconv", "dwconv"]
+    start = packed.stream_start
+    assert len(start) == 1 + 4 and sorted(start[1:]) == [0, 1, 2, 3]   # conv1 and dw1: one guess, 4 channels
+    emulated = json.loads((entry(plan, "emulate") / "summary.json").read_text())
+    assert emulated["images"] >= 1
