@@ -280,8 +280,11 @@ def test_formats_left_out_of_bm_cfg_formats_return_err_format(build_dir):
 MODELS = MODEL_SPECS + [
     ModelSpec(kind="cnn", image_size=14, cnn_channels=5, widths=(7,), formats=("2bitsym", "binary", "fp130",
               "ternary", "8bit"), scaling="per_output", prune_keep=3),
+    ModelSpec(kind="cnn", image_size=16, cnn_channels=5, mix=True, widths=(7,), formats=("fp130", "fp130", "8bit",
+              "fp130", "2bitsym", "4bitsym"), scaling="per_output", prune_keep=3),
 ]
-MODEL_IDS = [f"{s.kind}-{s.image_size}-{'-'.join(s.formats)}-{s.scaling}{'-pruned' if s.prune_keep else ''}"
+MODEL_IDS = [f"{s.kind}{'-mix' if s.mix else ''}-{s.image_size}-{'-'.join(s.formats)}-{s.scaling}"
+             f"{'-pruned' if s.prune_keep else ''}"
              for s in MODELS]
 
 
@@ -332,11 +335,17 @@ def test_run_c_validates_pixels(packed_models, build_dir):
 
 def test_buffer_sizes_follow_the_layer_shapes(packed_models):
     cnn = layout(packed_models[4])                        # 16x16, C=4, streamed: one channel's maps at a time
-    assert cnn["map_words"] == 4 * 4 and cnn["act_bytes"] == 256               # dw2 channel before its pool; x0
+    assert cnn["map_words"] == 2 * 2 and cnn["act_bytes"] == 256               # dw2's channel, pooled; x0
     assert cnn["chan_bytes"] == 16 * 16 and cnn["feat_bytes"] == 4 * 2 * 2 + 4 + 2 * 3
-    assert cnn["acc_words"] == 16 + 7                     # the map, then feat's 26 bytes (fc1's 12 outputs fit)
+    assert cnn["acc_words"] == 12                         # fc1's 12 outputs; the map and feat's 26 bytes fit
     assert cnn["ram_bytes"] == 4 * cnn["acc_words"] + cnn["act_bytes"] + cnn["chan_bytes"]
     assert cnn["trace_act_bytes"] == 256 + 4 * 14 * 14 + 4 * 6 * 6 + 4 * 2 * 2 + 12
+    mix = layout(packed_models[7])                        # 16x16, C=6 with pw1: two runs around it
+    assert mix["act_bytes"] == 256 + 6 * 6 * 6            # x0 and dw1's map, which pw1 rewrites in place
+    assert mix["map_words"] == 6 * 6                      # dw1's pooled channel (pw1's outputs at a pixel: 6)
+    assert mix["feat_bytes"] == max(6 * 2 * 2 + 6 + 2 * 1, 6 + 2 * 2, 6 + 6 * 6)   # dw2's run, dw1's, pw1's
+    assert mix["start_bytes"] == 1 + 6                    # conv1 and dw1's run only: dw2 runs alone
+    assert mix["trace_act_bytes"] == 256 + 6 * 14 * 14 + 6 * 6 * 6 + 6 * 6 * 6 + 6 * 2 * 2 + 10
     fc = layout(packed_models[0])                         # 256 - 24 - 16 - 10, 4bitsym, per_tensor
     assert (fc["acc_words"], fc["act_bytes"], fc["shift_bytes"]) == (24, 256, 0)
     assert fc["weight_bytes"] == 4 * (24 * 32 + 16 * 3 + 10 * 2)

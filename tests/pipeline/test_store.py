@@ -58,9 +58,11 @@ def alternatives(key):
 
 def changed_config(key):
     """The default config, and one with a valid value of `key` that means something else on this machine (a key
-    that counts only with another set gets that one set on both sides)."""
+    that counts only with another set gets that one set on both sides, and model.mix a cnn)."""
     partner = SCHEMA[key].only_with
     base = config.from_values({partner: A_PRESET} if partner else {})
+    if key == "model.mix":                                 # a cnn's key: an fc model refuses it
+        base = base.replace(**{"model.kind": "cnn"})
     for v in alternatives(key):
         try:
             changed = base.replace(**{key: v})
