@@ -21,7 +21,7 @@ from contract.errors import UserError
 from contract.formats import FORMAT_NAMES
 from pipeline import config, search, sweep
 from pipeline.graph import STAGES, Plan
-from pipeline.store import Store, check_writable
+from pipeline.store import Store, write_problem
 
 # command-line variables: name -> what it is for (an unknown one is an error, never ignored)
 VARIABLES = {"cfg": "the config or sweep file", "redo": "stages to rebuild",
@@ -42,10 +42,9 @@ for _var in (doit_cmd._CMDLINE_VARS or {}):   # doit keeps the `name=value` argu
               + ", ".join(f"{k} ({v})" for k, v in VARIABLES.items()))
 
 ARTIFACTS = Path(os.environ.get("BITMCU_ARTIFACTS", "artifacts"))
-try:
-    check_writable(ARTIFACTS)  # doit opens its db there before any task runs
-except OSError as e:
-    _fail(f"{ARTIFACTS}: the store cannot be written ({e.strerror}); point $BITMCU_ARTIFACTS at a writable folder")
+_problem = write_problem(ARTIFACTS)  # doit opens its db there before any task runs
+if _problem:
+    _fail(_problem)
 
 CFG = get_var("cfg", "configs/default.yaml")
 SWEEP = SEARCH = None

@@ -50,6 +50,17 @@ def _unwritable(e: OSError) -> str | None:
     return None
 
 
+def write_problem(root: Path) -> str | None:
+    """None when the store at root can be written (check_writable); else one line naming root, the error and
+    what to do about it (on a full disk: free space, not move the store)."""
+    try:
+        check_writable(root)
+    except OSError as e:
+        remedy = _unwritable(e) or "point $BITMCU_ARTIFACTS at a writable folder"
+        return f"{root}: the store cannot be written ({e.strerror or e}); {remedy}"
+    return None
+
+
 def check_writable(root: Path) -> None:
     """Create root if need be and prove a file can be made in it; raises OSError if not. The probe file has a
     name of its own (several doit processes may start at once, and one must not delete another's probe)."""

@@ -14,7 +14,7 @@ import pytest
 from pipeline import config
 from pipeline.config import SCHEMA
 from pipeline.graph import STAGES, Plan
-from pipeline.store import Store, StoreError, check_writable
+from pipeline.store import Store, StoreError, check_writable, write_problem
 
 from tests.conftest import ROOT
 
@@ -234,6 +234,19 @@ def test_the_write_check_leaves_other_processes_probes_alone(tmp_path):
         f.write_text("")
     check_writable(root)
     assert all(f.is_file() for f in others)
+
+
+def test_a_full_disk_at_start_up_says_to_free_space(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert write_problem(tmp_path / "ok") is None
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    msg = write_problem(tmp_path / "store")
+    assert msg.startswith(f"{tmp_path / 'store'}: the store cannot be written (No space left on device); free some")
+    assert "doit gc" in msg and "BITMCU_ARTIFACTS" not in msg
 
 
 def test_killed_build_leaves_no_entry(tmp_path):
