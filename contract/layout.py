@@ -44,10 +44,9 @@ def layout(model: PackedModel) -> dict[str, Any]:
     out_len = [int(np.prod(lay.out_shape)) for lay in hidden]
     runs = stream_runs(model.layers)
     pws = [lay for lay in convs if lay.kind == "pwconv"]
-    maps = [*(int(lay.n_out) for lay in pws)]
-    for run in runs:                      # each run's last layer's int32 map, after its pool (computed pooled)
-        maps.append(int(np.prod(run[-1].out_shape[1:])))
-    map_words = max(maps, default=0)
+    # each run's last layer's int32 map, after its pool (computed pooled), and a pw layer's outputs at a pixel
+    map_words = max([*(int(np.prod(run[-1].out_shape[1:])) for run in runs), *(int(lay.n_out) for lay in pws)],
+                    default=0)
     feats = [int(np.prod(convs[-1].out_shape))] if convs else []
     held = [n * n + int(np.prod(run[-1].out_shape)) for run in runs[:-1]]   # x0 and a first run's map
     chan_bytes = n * n if len(convs) > 1 else 0

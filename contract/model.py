@@ -130,6 +130,12 @@ def stream_runs(layers: list[PackedLayer]) -> list[list[PackedLayer]]:
     return [r for r in runs if r]
 
 
+def plain_start(runs: list[list[PackedLayer]]) -> list[int]:
+    """The stream_start part of these runs that carries no knowledge: for each run of two or more layers,
+    guesses 0 and its channels in order (what the C engine does with no start)."""
+    return [g for run in runs if len(run) > 1 for g in [0] * (len(run) - 1) + list(range(int(run[0].n_out)))]
+
+
 def _fail(where: str, msg: str) -> None:
     raise ValueError(f"model check: {where}: {msg}")
 

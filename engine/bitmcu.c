@@ -1975,6 +1975,14 @@ static int32_t bm__cnn_settle(bm__cnn *st, uint32_t wrong)
     return 0;
 }
 
+/* A value kept as the byte v = y >> a, requantized with the layer's shift s: d = s - a and half = (1 << d) >> 1
+   (CONTRACT §6: exact, as a < s whenever a > 0). */
+static int8_t bm__from_byte(uint32_t v, int32_t d, int32_t half)
+{
+    int32_t r = ((int32_t)v + half) >> d;
+    return (int8_t)(r < 127 ? r : 127);
+}
+
 /* After the exact pass: the last layer's shift s becomes its guess (for the trace), and ShiftNorm of the last layer with s from y >> a writes the features to m->act (x0 is dead now): a < s whenever
    a > 0, so (v + ((1 << (s-a)) >> 1)) >> (s-a) equals (y + ((1 << s) >> 1)) >> s. */
 static void bm__cnn_close(bm__cnn *st)
@@ -1987,10 +1995,8 @@ static void bm__cnn_close(bm__cnn *st)
     for (i = 0; i < st->ch; i++, v += plane, o += plane) {
         int32_t d = (int32_t)st->meas[st->nh] - (int32_t)st->exps[i], half = (((int32_t)1) << d) >> 1;
         uint32_t q;
-        for (q = 0; q < plane; q++) {
-            int32_t r = ((int32_t)v[q] + half) >> d;
-            o[q] = (int8_t)(r < 127 ? r : 127);
-        }
+        for (q = 0; q < plane; q++)
+            o[q] = bm__from_byte(v[q], d, half);
     }
 }
 
@@ -2041,8 +2047,8 @@ static bm_status bm__run_fc(const bm_model *m, const int8_t *x, const bm_layer *
 }
 
 #if BM_CFG_CNN
-/* A pw layer (CONTRACT §6, "With pw1") on the first run's map of len bytes after x0 in m->act, in place: at each
-   pixel its C inputs are gathered into m->feat, the fc kernels give its C outputs in m->acc, kept as bytes
+/* A pw layer (CONTRACT §6, "With pw1") on the first run's map of len bytes (its C*H*W) after x0 in m->act, in
+   place: at each pixel its C inputs are gathered into m->feat, the fc kernels give its C outputs in m->acc, kept as bytes
    y >> a over the inputs (dead once gathered) with a per pixel after the gathered inputs in m->feat; once the
    layer's maximum gives its shift s, the bytes are requantized with s - a. Advances the trace pointers. */
 static bm_status bm__run_pw(const bm_model *m, const bm_layer *lay, uint32_t len, int8_t **t_acts,
@@ -2055,7 +2061,7 @@ static bm_status bm__run_pw(const bm_model *m, const bm_layer *lay, uint32_t len
     const bm_layer *prev = lay - 1;       /* the first run's last layer (bm_run: a pw layer is never first) */
     if (prev->n_out != ch || prev->out_h != lay->in_h || prev->out_w != lay->in_w || lay->n_out != ch ||
         lay->n_in != ch || lay->groups != 1u || lay->pool || lay->out_h != lay->in_h ||
-        lay->out_w != lay->in_w || bm__umul(ch, plane) != len || !bm__map_fits(m, ch) ||
+        lay->out_w != lay->in_w || !bm__map_fits(m, ch) ||
         ch + plane > m->feat_bytes)
         return BM_ERR_ARG;                /* in place needs n_out = C; the outputs at a pixel fit before feat */
     if (!bm__fmt_in(lay->format, BM_CFG_FC_FORMATS))
@@ -2081,8 +2087,7 @@ static bm_status bm__run_pw(const bm_model *m, const bm_layer *lay, uint32_t len
         int32_t d = s - (int32_t)exps[p], half = (((int32_t)1) << d) >> 1;
         for (o = 0; o < ch; o++) {
             uint32_t q = bm__umul(o, plane) + p;
-            int32_t r = ((int32_t)v[q] + half) >> d;
-            x[q] = (int8_t)(r < 127 ? r : 127);
+            x[q] = bm__from_byte(v[q], d, half);
         }
     }
     if (*t_acts != NULL) {

@@ -14,7 +14,7 @@ import numpy as np
 
 from contract.formats import FORMAT_IDS
 from contract.layout import LAYER_BYTES, MODEL_BYTES, layout
-from contract.model import PackedLayer, PackedModel, stream_runs
+from contract.model import PackedLayer, PackedModel, plain_start, stream_runs
 
 OPS = {"fc": "BM_OP_FC", "conv": "BM_OP_CONV", "dwconv": "BM_OP_DWCONV", "pwconv": "BM_OP_PWCONV"}
 _U16 = 0xFFFF
@@ -170,8 +170,7 @@ def render_header(model: PackedModel) -> str:
         out += [f"    {{bm_w_{lay.name}, {k}, {int(lay.n_in)}, {int(lay.n_out)}, {int(lay.groups)}, "
                 f"{d['in_c']}, {d['in_h']}, {d['in_w']}, {d['out_h']}, {d['out_w']}, {int(lay.row_words)}, "
                 f"{OPS[lay.kind]}, {_fmt_macro(lay.format)}, {1 if lay.pool else 0}}},"]
-    start = list(model.stream_start) or [g for run in stream_runs(layers) if len(run) > 1
-                                         for g in [0] * (len(run) - 1) + list(range(int(run[0].n_out)))]
+    start = list(model.stream_start) or plain_start(stream_runs(layers))
     out += ["};"]
     if start:
         out += ["", "/* the shift guesses each run starts from, then the channels in pass order (CONTRACT.md, "

@@ -19,7 +19,7 @@ import numpy as np
 
 from contract.layout import layout
 from contract.formats import FORMAT_IDS
-from contract.model import PackedLayer, PackedModel, stream_runs
+from contract.model import PackedLayer, PackedModel, plain_start, stream_runs
 from refimpl import kernels as K
 
 
@@ -71,7 +71,6 @@ class Cnn:
 def cnn_open(st: Cnn, feats: int) -> None:
     """bm__cnn_open: lay out feat and take the guesses (0 when out of range) and channel order of start."""
     st.n, st.ch, st.nn, st.feats = len(st.layers), int(st.layers[0].n_out), int(st.layers[0].in_shape[2]), feats
-    st.nn = int(st.layers[0].in_shape[2])
     st.nh, st.stops, st.probe = st.n - 1, 0, True
     off = 0
     regions = (("cache", feats), ("exps", st.ch), ("guess", st.n), ("meas", st.n))
@@ -207,8 +206,12 @@ def cnn_close(st: Cnn) -> None:
     out = cnn_out(st)
     for c in range(st.ch):
         d = s - int(st.exps[c])
-        v = st.cache[c * plane:(c + 1) * plane].astype(np.int64)
-        out[c * plane:(c + 1) * plane] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+        out[c * plane:(c + 1) * plane] = from_bytes(st.cache[c * plane:(c + 1) * plane], d)
+
+
+def from_bytes(v: np.ndarray, d: int) -> np.ndarray:
+    """bm__from_byte: kept bytes v = y >> a requantized with the layer's shift s, d = s - a (CONTRACT §6)."""
+    return np.minimum((v.astype(np.int64) + ((1 << d) >> 1)) >> d, 127)
 
 
 def cnn_out(st: Cnn) -> np.ndarray:
@@ -262,29 +265,20 @@ def run_pw(lay: PackedLayer, x: np.ndarray, acc: np.ndarray, feat: np.ndarray) -
         flat.view(np.uint8)[:, p] = y[0] >> a
     s = shift_to(top, 7)
     for p in range(plane):
-        d = s - int(exps[p])
-        v = flat.view(np.uint8)[:, p].astype(np.int64)
-        flat[:, p] = np.minimum((v + ((1 << d) >> 1)) >> d, 127)
+        flat[:, p] = from_bytes(flat.view(np.uint8)[:, p], s - int(exps[p]))
     return s
 
 
-def _conv_steps(convs: list[PackedLayer]) -> list[tuple[str, list[PackedLayer]]]:
-    """The conv layers as bm_run takes them: ("run", streamed layers) and ("pw", [layer]) in order. Raises
-    ValueError for what the C engine refuses: a first layer that is not conv1, or more than one pw layer,
-    or a pw layer without a run after it."""
-    steps: list[tuple[str, list[PackedLayer]]] = []
-    for lay in convs:
-        if lay.kind == "pwconv":
-            steps.append(("pw", [lay]))
-        elif steps and steps[-1][0] == "run":
-            steps[-1][1].append(lay)
-        else:
-            steps.append(("run", [lay]))
-    kinds = [k for k, _ in steps]
-    if kinds not in (["run"], ["run", "pw", "run"]) or convs[0].kind != "conv":
+def _runs_and_pw(convs: list[PackedLayer]) -> tuple[list[list[PackedLayer]], PackedLayer | None]:
+    """The conv layers as bm_run takes them: the streamed runs (contract.model.stream_runs) and the pw layer
+    between the first two, or None. Raises ValueError for what the C engine refuses: a first layer that is not
+    conv1, or a pw layer that is not between two runs, or more than one."""
+    runs = stream_runs(convs)
+    pws = [lay for lay in convs if lay.kind == "pwconv"]
+    if convs[0].kind != "conv" or len(pws) != len(runs) - 1 or len(pws) > 1:   # a first or last pw: one run
         raise ValueError(f"refimpl.stream: conv layers {[lay.name for lay in convs]}: the engine streams conv1 and "
                          "depthwise layers, with at most one pw layer between two of them")
-    return steps
+    return runs, (pws[0] if pws else None)
 
 
 def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, Any]:
@@ -303,21 +297,19 @@ def run(model: PackedModel, pixels: np.ndarray, feat: np.ndarray) -> dict[str, A
     chan = np.zeros((n, n), dtype=np.int8)
     acc = np.zeros(sizes["acc_words"], dtype=np.int64)
     acts, shifts, passes, pos, src = [x0[0]], [], 0, 0, None
-    steps = _conv_steps(convs)
-    for i, (kind, lays) in enumerate(steps):
-        if kind == "pw":
-            held = act[n * n:n * n + int(np.prod(lays[0].in_shape))].reshape(lays[0].in_shape)
-            shifts.append(run_pw(lays[0], held, acc, feat))
-            acts.append(held.reshape(-1).copy())
-            src = held
-            continue
+    runs, pw = _runs_and_pw(convs)
+    for i, lays in enumerate(runs):
+        if i:                                           # the pw layer, between the two runs
+            src = act[n * n:n * n + int(np.prod(pw.in_shape))].reshape(pw.in_shape)
+            shifts.append(run_pw(pw, src, acc, feat))
+            acts.append(src.reshape(-1).copy())
         nh, ch = len(lays) - 1, int(lays[0].n_out)
         start = list(model.stream_start[pos:pos + nh + ch]) if nh and model.stream_start else []
         pos += len(start)
         feats = cnn_features(model, lays)
         hidden = sum(int(np.prod(lay.out_shape)) for lay in lays[:-1])
         st = Cnn(layers=lays, act=act, chan=chan, acc=acc, feat=feat, trace=np.zeros(hidden + feats, dtype=np.int8),
-                 start=start, held=i + 1 < len(steps), src=src)
+                 start=start, held=i + 1 < len(runs), src=src)
         run_shifts, run_passes = run_cnn(st, feats)
         acts.append(st.trace)
         shifts += run_shifts
@@ -352,7 +344,7 @@ def start_state(model: PackedModel, pixels: np.ndarray, tries: int = 500) -> lis
     the first streamed run's part; a later run (after a pw layer, CONTRACT §6) of two or more layers gets
     guesses 0 and the channels in order. Empty when no run has two conv layers."""
     runs = stream_runs(model.layers)
-    later = [g for run in runs[1:] if len(run) > 1 for g in [0] * (len(run) - 1) + list(range(int(run[0].n_out)))]
+    later = plain_start(runs[1:])
     convs = runs[0] if runs else []
     nh = len(convs) - 1
     if len(pixels) == 0 or (nh < 1 and not later):
